@@ -1,0 +1,1 @@
+"""Settings, the embedded subject (model + SAEs), data and run configs."""

@@ -1,0 +1,28 @@
+"""The ``latentguard`` console command: one entry point, one subcommand per module CLI."""
+
+from __future__ import annotations
+
+import runpy
+import sys
+
+COMMANDS = {
+    "check": ("experiments.subject", "load the embedded subject offline and check it"),
+    "saes": ("experiments.saes", "build or evaluate the project's SAEs"),
+    "utility": ("guard.utility", "utility cost of every registered defense"),
+    "bench": ("attacks.bench", "recovery engine vs reference-style loop, side by side"),
+    "certify": ("certify", "adaptive evaluation of defenses with reports"),
+    "reproduce": ("experiments.reproduce", "reproduce the paper's settings on the subject"),
+    "judges": ("experiments.judges", "evaluate the refusal judges on labelled data"),
+}
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] not in COMMANDS:
+        lines = "\n".join(f"  {name:<10} {help_}  (python -m {mod})" for name, (mod, help_) in COMMANDS.items())
+        print(f"usage: latentguard COMMAND [ARGS]\n\ncommands:\n{lines}")
+        sys.exit(0 if argv and argv[0] in ("-h", "--help") else 2)
+    module = COMMANDS[argv[0]][0]
+    # "check" is the subject module's own subcommand name.
+    sys.argv = [f"latentguard {argv[0]}", *(["check"] if argv[0] == "check" else []), *argv[1:]]
+    runpy.run_module(module, run_name="__main__", alter_sys=True)

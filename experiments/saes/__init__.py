@@ -1,0 +1,1 @@
+"""The project's own SAEs for the embedded subject: corpus, activations, training, evaluation."""

@@ -1,0 +1,1 @@
+"""Defenses: plain SAE feature clamping and residual-aware defenses, as TransformerLens hooks."""
