@@ -75,7 +75,8 @@ def cmd_build(args) -> None:
     windows = list(itertools.islice(token_windows(train_texts, model.tokenizer), n_windows))
     acts_dir = corpus_dir() / f"activations-{len(windows)}"
     progress = collect(model, windows, SITES, acts_dir)
-    cfg = TrainConfig(d_sae=args.d_sae, k=args.k, epochs=args.epochs, seed=args.seed)
+    cfg = TrainConfig(d_sae=args.d_sae, k=args.k, epochs=args.epochs, dead_feature_window=args.dead_window,
+                      seed=args.seed)
     heldout = _windows(_heldout_texts(None), model.tokenizer, args.eval_tokens)
     out_root = Path(args.sae_dir) if args.sae_dir else SHIPPED_DIR
     for site in SITES:
@@ -115,6 +116,7 @@ def main(argv=None) -> None:
     build.add_argument("--d-sae", type=int, default=2304)
     build.add_argument("--k", type=int, default=40)
     build.add_argument("--epochs", type=int, default=1)
+    build.add_argument("--dead-window", type=int, default=30, help="steps without firing before aux-k revival")
     build.add_argument("--seed", type=int, default=0)
     for p in (ev, build):
         p.add_argument("--sae-dir", help="folder of SAE site folders (default: the shipped set)")

@@ -57,7 +57,10 @@ def collect(model, windows: list[list[int]], sites: Sequence[str], folder: Path,
     folder.mkdir(parents=True, exist_ok=True)
     per_window = CONTEXT - 1
     capacity = len(windows) * per_window
-    maps = {s: open_activations(folder, s, capacity, model.cfg.d_model) for s in sites}
+    for site in sites:  # preallocate once so rows can be written at their offsets
+        open_activations(folder, site, capacity, model.cfg.d_model)
+    files = {s: open(folder / f"{s}.f16", "r+b") for s in sites}
+    row_bytes = model.cfg.d_model * 2
     progress_path = folder / "progress.json"
     progress = _read_progress(progress_path)
     stop_at = max(_layer_of(s) for s in sites) + 1
@@ -67,13 +70,15 @@ def collect(model, windows: list[list[int]], sites: Sequence[str], folder: Path,
         batch = torch.tensor(windows[start : start + batch_size])
         with torch.inference_mode():
             _, cache = model.run_with_cache(batch, names_filter=list(sites), stop_at_layer=stop_at)
-        rows = slice(start * per_window, (start + len(batch)) * per_window)
         for site in sites:
             acts = cache[site][:, 1:].reshape(-1, model.cfg.d_model)
-            maps[site][rows] = acts.to(torch.float16).numpy()
-            maps[site].flush()
+            files[site].seek(start * per_window * row_bytes)
+            files[site].write(acts.to(torch.float16).numpy().tobytes())
+            files[site].flush()  # to the OS before progress says so (plain writes, no msync of the whole map)
         progress = {"windows": start + len(batch), "tokens": (start + len(batch)) * per_window}
         _write_progress(progress_path, progress)
         bar.update(len(batch))
     bar.close()
+    for f in files.values():
+        f.close()
     return progress

