@@ -13,6 +13,8 @@ from collections.abc import Mapping, Sequence
 import torch
 from tqdm import tqdm
 
+from guard.errors import ToolkitError
+
 
 def _next_token_ce(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
     """Summed CE of predicting tokens[1:] (so position 0's prediction of 1 is included)."""
@@ -20,18 +22,20 @@ def _next_token_ce(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
     return -logprobs.gather(-1, tokens[:, 1:, None]).sum()
 
 
-def _replace_after_first(values: torch.Tensor):
-    def hook(resid: torch.Tensor, hook) -> torch.Tensor:
-        out = resid.clone()
-        out[:, 1:] = values
-        return out
-
-    return hook
+def _logits_from_site(model, site: str, resid: torch.Tensor, new_after_first: torch.Tensor) -> torch.Tensor:
+    """Logits with the site's activation replaced at positions > 0, run from the next block on."""
+    edited = resid.clone()
+    edited[:, 1:] = new_after_first
+    # resid_post of block L is the input of block L+1: skip the layers the edit cannot change.
+    return model(edited, start_at_layer=int(site.split(".")[1]) + 1)
 
 
 @torch.inference_mode()
 def evaluate_saes(model, saes: Mapping[str, object], windows: Sequence[list[int]], batch_size: int = 16) -> list[dict]:
-    """One metrics dict per site over the given token windows."""
+    """One metrics dict per site over the given token windows (sites must be ``blocks.L.hook_resid_post``)."""
+    for site in saes:
+        if not site.endswith("hook_resid_post"):
+            raise ToolkitError(f"SAE evaluation splices at resid_post sites only, got {site!r}")
     sites = list(saes)
     totals = {s: {"sse": 0.0, "sum": 0.0, "sumsq": 0.0, "l0": 0.0, "ce_zero": 0.0, "ce_sae": 0.0,
                   "fired": torch.zeros(saes[s].cfg.d_sae, dtype=torch.bool)} for s in sites}
@@ -56,8 +60,8 @@ def evaluate_saes(model, saes: Mapping[str, object], windows: Sequence[list[int]
             active = feature_acts > 0
             tot["l0"] += active.sum().item()
             tot["fired"] |= active.reshape(-1, active.shape[-1]).any(0)
-            spliced = model.run_with_hooks(tokens, fwd_hooks=[(site, _replace_after_first(recon))])
-            zeroed = model.run_with_hooks(tokens, fwd_hooks=[(site, _replace_after_first(torch.zeros_like(acts)))])
+            spliced = _logits_from_site(model, site, cache[site], recon)
+            zeroed = _logits_from_site(model, site, cache[site], torch.zeros_like(acts))
             tot["ce_sae"] += _next_token_ce(spliced, tokens).item()
             tot["ce_zero"] += _next_token_ce(zeroed, tokens).item()
     results = []

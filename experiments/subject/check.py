@@ -37,7 +37,7 @@ def ioi_accuracy(model, n: int = 20, seed: int = 0) -> tuple[int, float]:
     correct, diffs = 0, []
     for sample in samples:
         logits = model(torch.tensor([sample.tokens]))[0, -1]
-        diff = (logits[sample.io_token] - logits[sample.s_token]).item()
+        diff = (logits[sample.io] - logits[sample.s]).item()
         diffs.append(diff)
         correct += diff > 0
     return correct, sum(diffs) / len(diffs)
