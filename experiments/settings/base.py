@@ -1,0 +1,207 @@
+"""What a setting is: prompts with a next-token behaviour, a score for it, and a plain clamp.
+
+Every setting in this package scores its behaviour the same way, as a margin at the final
+prompt position:
+
+    score = logit[target] - max(logit[rival] for rival in rivals)
+
+where the rivals are the sample's ``foils`` when it lists some (IOI: the subject name, so
+the score is the usual logit difference logit[IO] - logit[S]; multiple choice: the other
+choice letters), and every other vocabulary token when it lists none (free recall: the
+answer's first token must be the model's top-1 next token). The behaviour is present when
+the score is > 0. A sample is *valid* (METHOD.md) when the behaviour is present undefended
+and absent defended.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+
+from guard.clamp import ClampConfig, FeatureClamp
+from guard.errors import ToolkitError
+
+POSITIONS = ("all", "not_first", "last")
+
+
+@dataclass(frozen=True, kw_only=True)
+class Sample:
+    """One prompt and the next-token behaviour measured on it.
+
+    Arguments: ``id`` stable across runs (derived from the content, or the user's own id);
+    ``prompt`` the text; ``tokens`` its token ids with no BOS (the subject's tokenizer adds
+    none); ``target`` the token the behaviour predicts; ``foils`` the tokens it must beat
+    (empty: every other token in the vocabulary); ``meta`` free-form provenance.
+    """
+
+    id: str
+    prompt: str
+    tokens: tuple[int, ...]
+    target: int
+    foils: tuple[int, ...] = ()
+    meta: Mapping[str, Any] = field(default_factory=dict, compare=False, hash=False)
+
+    def __post_init__(self) -> None:
+        if not self.tokens:
+            raise ToolkitError(f"sample {self.id!r}: the prompt {self.prompt!r} has no tokens")
+        if self.target in self.foils:
+            raise ToolkitError(f"sample {self.id!r}: target token {self.target} is also a foil")
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["tokens"] = list(self.tokens)
+        out["foils"] = list(self.foils)
+        out["meta"] = dict(self.meta)
+        return out
+
+
+def behaviour_score(logits_last: torch.Tensor, batch) -> torch.Tensor:
+    """The margin of the target over its rivals: logits_last [batch, vocab] -> [batch].
+
+    ``batch`` is a :class:`experiments.settings.batch.Batch` (``target`` [batch],
+    ``foils`` [batch, n_foils] padded with -1). Differentiable (a max, so a subgradient).
+    """
+    target = batch.target.to(logits_last.device)
+    foils = batch.foils.to(logits_last.device)
+    if logits_last.ndim != 2 or logits_last.shape[0] != target.shape[0]:
+        raise ToolkitError(
+            f"behaviour_score: logits_last must be [batch, vocab] with batch {target.shape[0]}, "
+            f"got {tuple(logits_last.shape)}"
+        )
+    neg_inf = torch.finfo(logits_last.dtype).min
+    target_logit = logits_last.gather(-1, target[:, None]).squeeze(-1)
+    # Rival = best listed foil, or best other token when the sample lists no foils.
+    others = logits_last.scatter(-1, target[:, None], neg_inf).max(-1).values
+    if foils.shape[1]:
+        listed = logits_last.gather(-1, foils.clamp(min=0)).masked_fill(foils < 0, neg_inf).max(-1).values
+        rival = torch.where((foils >= 0).any(-1), listed, others)
+    else:
+        rival = others
+    return target_logit - rival
+
+
+def present(score: torch.Tensor) -> torch.Tensor:
+    """Whether the behaviour is shown: score > 0 (bool, same shape)."""
+    return score > 0
+
+
+@dataclass(frozen=True)
+class SettingConfig:
+    """Base of every setting config: frozen, serialisable, registered by ``name``.
+
+    ``site``: the SAE site the plain clamp defends; ``n_latents``: how many latents it
+    clamps (to ``clamp_value`` with ``clamp_mode``); ``selection_positions``: where
+    attribution is summed ("all" tokens, "not_first" skipping the attention-sink position
+    0, or only the "last" position).
+    """
+
+    name: ClassVar[str] = "setting"
+    site: str = "blocks.12.hook_resid_post"
+    n_latents: int = 64
+    clamp_mode: str = "set"
+    clamp_value: float = 0.0
+    selection_positions: str = "not_first"
+
+    def __post_init__(self) -> None:
+        if self.n_latents < 1:
+            raise ToolkitError(f"setting {self.name!r}: n_latents must be >= 1, got {self.n_latents}")
+        if self.selection_positions not in POSITIONS:
+            raise ToolkitError(
+                f"setting {self.name!r}: selection_positions must be one of {POSITIONS}, "
+                f"got {self.selection_positions!r}"
+            )
+
+    def to_dict(self) -> dict[str, Any]:
+        out = {"name": self.name}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            out[f.name] = list(value) if isinstance(value, tuple) else value
+        return out
+
+
+class Setting(ABC):
+    """A behaviour to suppress: its samples, its score, and the plain clamp that suppresses it.
+
+    Subclasses implement :meth:`generate` (built-in data) and :meth:`load_file` (a user's
+    JSONL file). Example::
+
+        setting = get_setting("ioi")
+        samples = setting.samples(model.tokenizer, n=200, seed=0)
+        clamp = setting.defense(model, subject.saes, samples)
+        valid = evaluate_validity(model, clamp, samples)
+    """
+
+    config_cls: ClassVar[type[SettingConfig]] = SettingConfig
+
+    def __init__(self, config: SettingConfig | None = None) -> None:
+        self.config = config if config is not None else self.config_cls()
+        if not isinstance(self.config, self.config_cls):
+            raise ToolkitError(
+                f"setting {self.name!r} needs a {self.config_cls.__name__}, got {type(self.config).__name__}"
+            )
+
+    @property
+    def name(self) -> str:
+        return self.config.name
+
+    @abstractmethod
+    def generate(self, tokenizer, n: int | None, seed: int) -> list[Sample]:
+        """Built-in samples, deterministic given ``seed``; the first n of a longer list."""
+
+    @abstractmethod
+    def load_file(self, path: str | Path, tokenizer) -> list[Sample]:
+        """Samples from a user's JSONL file (errors name the line)."""
+
+    def samples(self, tokenizer, n: int | None = None, seed: int = 0,
+                prompts_file: str | Path | None = None) -> list[Sample]:
+        """``n`` samples (all when None): from ``prompts_file`` if given, else generated."""
+        if n is not None and n < 1:
+            raise ToolkitError(f"setting {self.name!r}: n must be >= 1 or None, got {n}")
+        if prompts_file is not None:
+            return self.load_file(prompts_file, tokenizer)[:n]
+        return self.generate(tokenizer, n, seed)
+
+    def behaviour_score(self, logits_last: torch.Tensor, batch) -> torch.Tensor:
+        """[batch, vocab] final-position logits -> [batch] margin (see module docstring)."""
+        return behaviour_score(logits_last, batch)
+
+    def present(self, score: torch.Tensor) -> torch.Tensor:
+        return present(score)
+
+    def control_samples(self, tokenizer, n: int | None, seed: int) -> list[Sample]:
+        """Prompts whose attribution is subtracted during latent selection (none by default)."""
+        return []
+
+    def select(self, model, sae, samples: Sequence[Sample], *, batch_size: int = 16, control=None):
+        """Latents supporting the behaviour at ``config.site``: a ``SelectionResult``."""
+        from experiments.settings.selection import select_latents
+
+        if control is None:
+            control = self.control_samples(model.tokenizer, None, 0) if model.tokenizer is not None else []
+        return select_latents(
+            model, sae, self.config.site, samples, self.config.n_latents,
+            control=control or None, positions=self.config.selection_positions,
+            batch_size=batch_size, score_fn=self.behaviour_score,
+        )
+
+    def clamp_config(self, model, sae, samples: Sequence[Sample], *, batch_size: int = 16,
+                     control=None) -> ClampConfig:
+        """The plain clamp of this setting, ready for ``FeatureClamp``."""
+        selection = self.select(model, sae, samples, batch_size=batch_size, control=control)
+        return selection.clamp_config(mode=self.config.clamp_mode, value=self.config.clamp_value)
+
+    def defense(self, model, saes: Mapping[str, Any], samples: Sequence[Sample], *,
+                batch_size: int = 16, control=None) -> FeatureClamp:
+        """The plain clamp defense for ``samples`` (selected on them; SAE from ``saes[site]``)."""
+        site = self.config.site
+        if site not in saes:
+            from guard.errors import unknown_name
+
+            raise unknown_name("SAE site", site, saes.keys(), f"setting {self.name!r}")
+        config = self.clamp_config(model, saes[site], samples, batch_size=batch_size, control=control)
+        return FeatureClamp(config, saes)

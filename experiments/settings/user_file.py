@@ -1,0 +1,96 @@
+"""Reading a user's prompt file (JSONL, one JSON object a line) with errors that name the line.
+
+Answers are continuations of the prompt: a leading space is added to an answer unless it
+already starts with whitespace or the prompt ends with whitespace, so ``"io": "Mary"``
+after "... gave a drink to" means the token `` Mary``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+from guard.errors import ToolkitError
+
+
+def read_jsonl(path: str | Path, setting: str) -> list[tuple[int, dict[str, Any]]]:
+    """``(line_number, row)`` for every non-blank line; a bad line raises naming it."""
+    path = Path(path)
+    if not path.is_file():
+        raise ToolkitError(f"setting {setting!r}: prompts file {str(path)!r} does not exist")
+    rows = []
+    with path.open(encoding="utf-8") as handle:
+        for lineno, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise ToolkitError(f"setting {setting!r}: {path.name} line {lineno}: not valid JSON ({err.msg})") from None
+            if not isinstance(row, dict):
+                raise ToolkitError(
+                    f"setting {setting!r}: {path.name} line {lineno}: expected a JSON object, "
+                    f"got {type(row).__name__}"
+                )
+            rows.append((lineno, row))
+    if not rows:
+        raise ToolkitError(f"setting {setting!r}: prompts file {str(path)!r} has no rows")
+    return rows
+
+
+def require(row: dict[str, Any], keys: Iterable[str], where: str, kinds: dict[str, type] | None = None) -> None:
+    """Every key present (and of the given type): else an error listing what is missing."""
+    missing = [k for k in keys if k not in row]
+    if missing:
+        raise ToolkitError(f"{where}: missing key(s) {missing}; the row has {sorted(row)}")
+    for key, kind in (kinds or {}).items():
+        if key in row and not isinstance(row[key], kind):
+            raise ToolkitError(f"{where}: {key!r} must be a {kind.__name__}, got {row[key]!r}")
+
+
+def continuation(prompt: str, answer: str) -> str:
+    """The answer as the text that directly follows the prompt (see module docstring)."""
+    if answer[:1].isspace() or prompt[-1:].isspace():
+        return answer
+    return " " + answer
+
+
+def encode(tokenizer, text: str) -> list[int]:
+    return list(tokenizer.encode(text, add_special_tokens=False))
+
+
+def answer_tokens(tokenizer, prompt: str, answer: str, where: str, key: str) -> list[int]:
+    if not answer.strip():
+        raise ToolkitError(f"{where}: {key!r} is empty")
+    ids = encode(tokenizer, continuation(prompt, answer))
+    if not ids:
+        raise ToolkitError(f"{where}: {key!r} = {answer!r} encodes to no tokens")
+    return ids
+
+
+def single_token(tokenizer, prompt: str, answer: str, where: str, key: str) -> int:
+    """The one token of ``answer`` after ``prompt``; several tokens raise naming the row."""
+    ids = answer_tokens(tokenizer, prompt, answer, where, key)
+    if len(ids) != 1:
+        pieces = [tokenizer.decode([i]) for i in ids]
+        raise ToolkitError(
+            f"{where}: {key!r} = {answer!r} is {len(ids)} tokens {pieces} for this tokenizer; "
+            "it must be a single token (choose another name)"
+        )
+    return ids[0]
+
+
+def prompt_tokens(tokenizer, prompt: str, where: str) -> tuple[int, ...]:
+    if not prompt:
+        raise ToolkitError(f"{where}: 'prompt' is empty")
+    return tuple(encode(tokenizer, prompt))
+
+
+def unique_ids(ids: Sequence[str], setting: str, path: str | Path) -> None:
+    seen: set[str] = set()
+    for sample_id in ids:
+        if sample_id in seen:
+            raise ToolkitError(f"setting {setting!r}: {Path(path).name}: duplicate sample id {sample_id!r}")
+        seen.add(sample_id)
