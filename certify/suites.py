@@ -89,3 +89,4 @@ register_suite(Suite(
     "certify.demo:build_demo",
     "a planted linear behaviour on a tiny random network with a hand-built ReLU SAE (runs in seconds, CPU)",
 ))
+register_suite(Suite("standard", "experiments.suites:build_standard", "IOI + recall on the subject, all defenses"))

@@ -71,6 +71,7 @@ class Defense(ABC):
 
     def reset(self) -> None:
         """Forget per-forward records (flags, scores); called on entering ``applied``."""
+        return None  # stateless by default
 
     def fwd_hooks(self) -> list[Hook]:
         hooks = []

@@ -1,0 +1,126 @@
+"""Reproduce post-intervention recovery against plain SAE clamping on the embedded subject.
+
+    python -m experiments.reproduce ioi|recall [--quick] [--prompts FILE] [--n N] [--out DIR]
+                                              [--readme README.md]
+
+Loads SmolLM2-135M-Instruct with the shipped SAEs, selects the latents to clamp by
+attribution (experiments/settings/selection.py) on a selection split of samples kept apart
+from the evaluated ones, clamps them to 0 at one site, and reports on the evaluated samples:
+the valid count, recovery with the encoder-orthogonal constraint and with none (exact 95%
+Clopper-Pearson intervals), a budget sweep from 0, defended-latent drift and reactivation,
+and attribution replay (clamped latents / other latents / SAE error, each alone). See
+``experiments/reproduce_core.py`` for the pipeline.
+
+Site and latent count (measured on the subject, seed 0, 64 selection samples): clamping the
+32 top-attribution latents at ``blocks.6.hook_resid_post`` made 96/160 IOI prompts valid
+(64 latents: 85, 128: 85, 256: 93; at blocks.12: 89 / 90 / 74 / 75), and 214/400 recall
+samples valid (64 latents: 218), so both settings clamp 32 latents there. Defaults evaluate
+200 IOI and 300 recall samples so that n_valid >= 100. Budgets are relative:
+the L2 norm of delta at the final prompt position over the norm of the defended residual
+there.
+
+Writes ``DIR/results.json`` (everything) and ``DIR/results.md`` (the README table);
+``--readme`` also replaces the block between ``<!-- results:SETTING:start -->`` and
+``<!-- results:SETTING:end -->`` in that file (markers appended if absent). The last
+printed line is one JSON object: setting, n_valid, recovery_encoder, ci_low, ci_high,
+recovery_none, drift_encoder, error_replay_recovery, seconds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+from experiments.reproduce_core import (  # noqa: E402
+    ReproduceConfig,
+    headline,
+    replace_block,
+    reproduce,
+    results_table,
+    with_overrides,
+)
+
+SWEEP = (0.0, 0.01, 0.03, 0.1, 0.2)
+DEFAULTS = {
+    "ioi": ReproduceConfig(setting="ioi", site="blocks.6.hook_resid_post", n_latents=32, n_select=64, n=200,
+                           budget=0.2, sweep=SWEEP, steps=60),
+    "recall": ReproduceConfig(setting="recall", site="blocks.6.hook_resid_post", n_latents=32, n_select=64,
+                              n=300, budget=0.2, sweep=SWEEP, steps=60),
+}
+QUICK = {"n": 60, "steps": 30, "sweep": (0.0, 0.02, 0.05, 0.2)}
+
+
+def default_config(setting: str, quick: bool = False) -> ReproduceConfig:
+    if setting not in DEFAULTS:
+        raise SystemExit(f"unknown setting {setting!r}; choose one of {sorted(DEFAULTS)}")
+    config = DEFAULTS[setting]
+    return with_overrides(config, **QUICK) if quick else config
+
+
+def update_readme(path: str | Path, setting: str, table: str) -> None:
+    """Replace (or append) the results block of ``setting`` in the README at ``path``."""
+    path = Path(path)
+    text = path.read_text() if path.exists() else ""
+    path.write_text(replace_block(text, setting, table))
+
+
+def write_results(out: str | Path, results: dict[str, Any]) -> Path:
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps(results, indent=2, default=float) + "\n")
+    (out / "results.md").write_text(results_table(results))
+    return out
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m experiments.reproduce", description=__doc__.split("\n\n")[0])
+    p.add_argument("setting", choices=sorted(DEFAULTS))
+    p.add_argument("--quick", action="store_true", help=f"small run: {QUICK}")
+    p.add_argument("--prompts", default=None, help="a JSONL prompts file of the setting instead of built-in data")
+    p.add_argument("--n", type=int, default=None, help="evaluated samples (after the selection split)")
+    p.add_argument("--steps", type=int, default=None, help="attack steps")
+    p.add_argument("--budget", type=float, default=None, help="main relative L2 budget")
+    p.add_argument("--site", default=None, help="SAE site of the clamp (and of the attack)")
+    p.add_argument("--n-latents", type=int, default=None, help="latents clamped")
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--out", default=None, help="output folder (default reproduce-out/SETTING)")
+    p.add_argument("--readme", default=None, help="also update the results block of this README")
+    p.add_argument("--device", default="cpu")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    args = build_parser().parse_args(argv)
+    config = with_overrides(default_config(args.setting, args.quick), n=args.n, steps=args.steps,
+                            budget=args.budget, site=args.site, n_latents=args.n_latents, seed=args.seed)
+    import torch
+
+    from experiments.subject import load_subject
+
+    torch.manual_seed(config.seed)
+    subject = load_subject(device=args.device)
+    if config.site not in subject.saes:
+        raise SystemExit(f"no shipped SAE at {config.site}; available: {subject.sites}")
+    results = reproduce(subject.model, subject.saes, config, prompts_file=args.prompts,
+                        log=lambda m: print(m, file=sys.stderr, flush=True))
+    results["quick"] = bool(args.quick)
+    out = write_results(args.out or f"reproduce-out/{args.setting}", results)
+    if args.readme:
+        update_readme(args.readme, args.setting, results_table(results))
+    line = headline(results)
+    print(f"results in {out}/results.json", file=sys.stderr)
+    print(json.dumps(line))
+    return line
+
+
+if __name__ == "__main__":
+    main()

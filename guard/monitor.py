@@ -1,0 +1,148 @@
+"""Error anomaly monitor: flag inputs whose SAE error norm leaves its benign range.
+
+Source: our residual-aware candidate (METHOD.md section 6): a recovery perturbation that
+runs through the error channel inflates ``||error||``; a detector with a benign-calibrated
+threshold catches it, at a false-positive cost measured by ``false_positive_rate``.
+
+The forward pass is the clamp alone (the error passes through, a straight pass-through
+for attacks); detection is a side record. Per token and site the score is ``||error||``
+(sink tokens score 0); an example is flagged when any score exceeds ``tau_site =
+threshold_scale * quantile_q(benign norms)`` (the ``ErrorNormCalibration`` of
+``guard.error_norm``). Flags accumulate (OR) over forwards until ``reset()``, which
+``applied()`` calls on entry, so a generation loop flags an example if any step did.
+``last_scores`` keeps the latest scores *with* their graph and ``excess()`` gives a
+differentiable penalty ``sum relu(score - tau)`` an adaptive attacker can minimise.
+``action="refuse"`` makes ``respond(texts)`` replace flagged outputs by ``refusal``
+(TransformerLens has no logits hook; the replacement is done on the text).
+
+Threat model: none (a detector). Shapes: resid [batch, pos, d_model]; flags [batch].
+
+Example::
+
+    mon = ErrorMonitor(ErrorMonitorConfig(features={site: ()}, calibration="calib/error_norm"), saes)
+    with mon.applied(model):
+        model(tokens)
+    flagged = mon.flags()
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import asdict, dataclass
+from typing import Any, Literal
+
+import torch
+
+from guard.calibration import check_covers, resolve
+from guard.error_norm import ErrorNormCalibration, check_quantile
+from guard.errors import ToolkitError
+from guard.residual import ResidualConfig, ResidualDefense
+
+DEFAULT_REFUSAL = "I'm sorry, but I can't help with that."
+
+
+@dataclass(frozen=True)
+class ErrorMonitorConfig(ResidualConfig):
+    """Monitor: threshold ``quantile`` x ``threshold_scale`` of benign norms; ``action`` flag|refuse;
+    ``refusal`` text; ``calibration`` folder (an ``ErrorNormCalibration``)."""
+
+    name = "error_monitor"
+    # per-prompt flags OR over every token and site: the default is a 25% margin over the
+    # largest benign norm (at 1.0 the held-out max beats the calibration max half the time)
+    quantile: float = 1.0
+    threshold_scale: float = 1.25
+    action: Literal["flag", "refuse"] = "flag"
+    refusal: str = DEFAULT_REFUSAL
+    calibration: str = ""
+
+
+class ErrorMonitor(ResidualDefense):
+    """Flags examples whose SAE error norm exceeds its benign threshold; see the module docstring."""
+
+    config: ErrorMonitorConfig
+
+    def __init__(self, config: ErrorMonitorConfig, saes: Mapping[str, object],
+                 calibration: ErrorNormCalibration | None = None) -> None:
+        super().__init__(config, saes)
+        check_quantile(config.quantile, config.name)
+        if config.action not in ("flag", "refuse"):
+            raise ToolkitError(f"defense {config.name!r}: action must be 'flag' or 'refuse', got {config.action!r}")
+        self.calibration = resolve(calibration, config.calibration, ErrorNormCalibration, config.name)
+        check_covers(self.calibration, self.sites, self.widths(), defense=config.name)
+        self.thresholds = {site: config.threshold_scale * self.calibration.threshold(site, config.quantile)
+                           for site in self.sites}
+        self.last_scores: dict[str, torch.Tensor] = {}
+        self._flags: torch.Tensor | None = None
+
+    def reset(self) -> None:
+        self.last_scores = {}
+        self._flags = None
+
+    def transform_error(self, error: torch.Tensor, site: str, keep: torch.Tensor) -> torch.Tensor:
+        scores = error.norm(dim=-1) * keep
+        self.last_scores[site] = scores
+        flagged = (scores.detach() > self.thresholds[site]).flatten(1).any(dim=1)
+        if self._flags is None or self._flags.shape != flagged.shape:
+            self._flags = flagged  # a new batch (another size) starts a new record
+        else:
+            self._flags = self._flags | flagged
+        return error
+
+    def flags(self) -> torch.Tensor | None:
+        """Bool [batch]: flagged since the last reset (None before any forward)."""
+        return self._flags
+
+    def excess(self) -> torch.Tensor:
+        """Differentiable [batch]: sum over sites and positions of ``relu(score - tau)`` (latest forward)."""
+        if not self.last_scores:
+            raise ToolkitError(f"defense {self.name!r}: no forward recorded since reset()")
+        return sum((s - self.thresholds[site]).clamp_min(0).flatten(1).sum(1) for site, s in self.last_scores.items())
+
+    def respond(self, texts: list[str]) -> list[str]:
+        """Outputs after the monitor's action: flagged texts become ``refusal`` when action is 'refuse'."""
+        flags = self.flags()
+        if self.config.action != "refuse" or flags is None:
+            return list(texts)
+        if len(texts) != len(flags):
+            raise ToolkitError(f"defense {self.name!r}: {len(texts)} texts for {len(flags)} flagged examples")
+        return [self.config.refusal if f else t for t, f in zip(texts, flags.tolist(), strict=True)]
+
+
+@dataclass(frozen=True)
+class MonitorRate:
+    """Share of benign prompts a monitor flags: ``k`` of ``n``, with an exact (Clopper-Pearson) interval."""
+
+    n: int
+    k: int
+    rate: float
+    ci_low: float
+    ci_high: float
+    alpha: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def exact_rate(k: int, n: int, alpha: float = 0.05) -> MonitorRate:
+    from scipy.stats import binomtest
+
+    if n == 0:
+        raise ToolkitError("false-positive rate of zero prompts is undefined")
+    ci = binomtest(k, n).proportion_ci(confidence_level=1 - alpha, method="exact")
+    return MonitorRate(n=n, k=k, rate=k / n, ci_low=float(ci.low), ci_high=float(ci.high), alpha=alpha)
+
+
+@torch.no_grad()
+def false_positive_rate(model, monitor: ErrorMonitor, prompts: Iterable[torch.Tensor] | torch.Tensor,
+                        alpha: float = 0.05) -> MonitorRate:
+    """How many benign prompts the monitor flags. ``prompts``: [batch, pos] (one row per prompt)
+    or a list of [pos] / [1, pos] tensors (run one at a time, so lengths may differ)."""
+    batches = [prompts] if isinstance(prompts, torch.Tensor) else [p if p.ndim == 2 else p[None] for p in prompts]
+    k = n = 0
+    for batch in batches:
+        with monitor.applied(model):
+            model(batch, return_type=None)
+            flags = monitor.flags()
+        k += int(flags.sum())
+        n += len(flags)
+    return exact_rate(k, n, alpha)

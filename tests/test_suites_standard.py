@@ -1,0 +1,80 @@
+"""The standard certify suite's plan logic on the tiny model (no real subject)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from certify.config import SuiteConfig
+from certify.suites import get_suite
+from certify.summary import sample_outcomes
+from experiments.suites import DEFAULTS, StandardUnit, build_plan, buildable_defenses
+from guard.errors import ToolkitError
+from guard.registry import DEFENSES
+from tests.guard_cases import SITES
+from tests.helpers import tiny_model, tiny_sae, tiny_tokens
+from tests.settings_cases import random_samples
+
+SITE = SITES[0]
+
+
+@pytest.fixture(scope="module")
+def tiny_plan():
+    model = tiny_model()
+    saes = {site: tiny_sae("jumprelu", seed=50 + i) for i, site in enumerate(SITES)}
+    pool = random_samples(model, n=20, seed=5)
+
+    def samples(setting: str, n_select: int, n: int):
+        return pool[:n_select], pool[n_select : n_select + n]
+
+    config = SuiteConfig(suite="standard", settings=("ioi",), budgets=(0.0, 2.0), n=10,
+                         options=(("attack_batch", 4), ("n_latents", 6), ("n_select", 8), ("site", SITE),
+                                  ("steps", 8)))
+    plan = build_plan(config, model, saes, samples, benign=(tiny_tokens(8, 12, seed=1), tiny_tokens(3, 12, seed=2)),
+                      contrast=list(tiny_tokens(6, 5, seed=4)))
+    return model, plan
+
+
+def test_plan_covers_every_registered_defense(tiny_plan):
+    _, plan = tiny_plan
+    assert set(plan.config.defenses) == set(DEFENSES) and plan.config.defenses[0] == "clamp"
+    assert buildable_defenses()[0] == "clamp" and plan.reference == "clamp"
+    assert len(plan.units) == len(DEFENSES) * 2
+    assert all(isinstance(u, StandardUnit) for u in plan.units)
+    assert set(plan.utility) == {(d, "ioi") for d in DEFENSES}
+    assert all(math.isfinite(v) for v in plan.utility.values())
+    assert DEFAULTS["settings"] == ("ioi", "recall") and len(DEFAULTS["budgets"]) == 3
+
+
+def test_units_give_summary_ready_records(tiny_plan):
+    model, plan = tiny_plan
+    units = [u for u in plan.units if u.defense in ("clamp", "direction_ablation", "error_monitor")]
+    records = [r for u in units for r in plan.evaluate_unit(u)]
+    assert all(not hp.fwd_hooks for hp in model.hook_dict.values())
+    assert any(r["valid"] and r["defense"] == "clamp" for r in records)
+    assert any(r["recovered"] for r in records if r["budget"] > 0)
+    outcomes = sample_outcomes(records)
+    assert len(outcomes) == 10 * len(units)  # every evaluated sample once per unit
+    for r in records:
+        assert r["valid"] in (True, False)
+        if r["valid"] and r["budget"] == 0.0:
+            assert r["recovered"] is False  # valid = absent defended; nothing moves at budget 0
+        if r["valid"] and r["defense"] == "clamp":
+            assert r["constraint"] == "encoder"
+            if r["recovered"]:
+                assert r["drift"] < 1e-4
+        if r["defense"] == "direction_ablation":
+            assert r["constraint"] == "none"  # pins no latent at the site
+        if r["valid"] and r["defense"] == "error_monitor":
+            assert r["flagged"] in (True, False)
+            assert r["recovered"] == (r["attack_success"] and not r["flagged"])
+
+
+def test_bad_options_and_registration():
+    model = tiny_model()
+    with pytest.raises(ToolkitError):
+        build_plan(SuiteConfig(options=(("nope", 1),)), model, {}, lambda *a: ([], []))
+    with pytest.raises(ToolkitError):
+        build_plan(SuiteConfig(defenses=("splice",)), model, {}, lambda *a: ([], []))
+    assert get_suite("standard").resolve().__name__ == "build_standard"
