@@ -35,11 +35,11 @@ from typing import Any, Literal
 
 import torch
 
-from guard.base import DefendedLatents, Defense, DefenseConfig
+from guard.base import DefenseConfig
 from guard.calibration import Calibration, resolve
-from guard.clamp import ClampConfig, FeatureClamp, bind_features, clamp_delta, normalise_features, sink_masked
+from guard.clamp import ClampConfig, FeatureClamp, normalise_features
 from guard.errors import ToolkitError, unknown_name
-from guard.sae_ops import check_activations, check_features, encode, sink_mask
+from guard.sae_ops import check_features, encode, sink_mask
 
 
 @dataclass(frozen=True)
@@ -143,15 +143,14 @@ class ClosedLoopConfig(DefenseConfig):
         object.__setattr__(self, "features", normalise_features(self.features))
 
 
-class ClosedLoopClamp(Defense):
+class ClosedLoopClamp(FeatureClamp):
     """Source clamp plus calibrated downstream re-clamping; see the module docstring."""
 
     config: ClosedLoopConfig
 
     def __init__(self, config: ClosedLoopConfig, saes: Mapping[str, object],
                  calibration: ClosedLoopCalibration | None = None) -> None:
-        self.config = config
-        self.saes, self.features = bind_features(config, saes)
+        super().__init__(config, saes)
         self.calibration = None
         if calibration is not None or config.calibration:
             self.calibration = resolve(calibration, config.calibration, ClosedLoopCalibration, config.name)
@@ -181,10 +180,3 @@ class ClosedLoopClamp(Defense):
             return int(parts[1]) if parts[0] == "blocks" and parts[1].isdigit() else float("inf")
         return tuple(sorted(self.features, key=layer))
 
-    def edit(self, resid: torch.Tensor, site: str) -> torch.Tensor:
-        sae, feats = self.saes[site], self.features[site]
-        check_activations(resid, sae, defense=self.name, site=site)
-        return resid + sink_masked(clamp_delta(sae, feats, encode(sae, resid), self.config), resid, self.config)
-
-    def defended_latents(self) -> list[DefendedLatents]:
-        return [DefendedLatents(site, self.saes[site], self.features[site]) for site in self.sites]
