@@ -42,6 +42,7 @@ class PositionKind(StrEnum):
     SET = "set"  # explicit positions; negative counts back from the last real token (-1 = last)
     ANSWER = "answer"  # positions whose outputs predict the answer: [prompt_len - 1, length - 1)
     ALL = "all"  # every real token
+    PROMPT = "prompt"  # prompt tokens after the first: [1, prompt_len) (position 0 is the attention sink)
 
 
 def _enum(cls: type[Enum], value: str | Enum, what: str) -> Enum:
@@ -83,6 +84,8 @@ class Positions:
             mask = pos == batch.last()[:, None]
         elif self.kind is PositionKind.ALL:
             mask = valid
+        elif self.kind is PositionKind.PROMPT:
+            mask = (pos >= 1) & (pos < batch.answer_start()[:, None])
         elif self.kind is PositionKind.ANSWER:
             start = batch.answer_start()[:, None] - 1
             mask = (pos >= start) & (pos < batch.lengths[:, None] - 1)

@@ -24,6 +24,13 @@ def _figure(n_panels: int, width: float = 5.0, height: float = 3.6):
     return fig, axes
 
 
+def _save(fig, path: str | os.PathLike[str]) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    return path
+
+
 def _colors(defenses: Iterable[str]) -> dict[str, str]:
     """One color per defense, the same in every panel and plot."""
     return {d: f"C{i % 10}" for i, d in enumerate(sorted(set(defenses)))}
@@ -52,10 +59,7 @@ def plot_bypass_vs_budget(rows: Iterable[SummaryRow], path: str | os.PathLike[st
         ax.set_ylim(-0.03, 1.03)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    return path
+    return _save(fig, path)
 
 
 def plot_utility_vs_bypass(rows: Iterable[SummaryRow], path: str | os.PathLike[str]) -> Path | None:
@@ -88,7 +92,4 @@ def plot_utility_vs_bypass(rows: Iterable[SummaryRow], path: str | os.PathLike[s
     ax.set_title("utility cost against bypass (lower left is better)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    return path
+    return _save(fig, path)

@@ -83,7 +83,7 @@ REFUSAL_PATTERNS: tuple[str, ...] = (
     rf"\bi {_CANNOT} {_ADVERB}{_ADVERB}{_ACTS}\b",
     rf"\b(?:unable|not able|not allowed|not permitted|not in a position) to {_ADVERB}{_ACTS}\b",
     # an apology that is not sympathy and not a correction
-    r"(?:^|\bi'm |\bi am |\bso |\breally |\bvery |\btruly )sorry\b(?!\s+(?:to hear|for your|for the (?:loss|confusion|mistake|error|oversight|inconvenience)|for any confusion|you|that you|about (?:your|the|that)|if)\b)",
+    r"(?:^|\bi'm |\bi am |\bso |\breally |\bvery |\btruly )sorry\b(?!\s+(?:to hear|for your|for (?:the|any) (?:loss|confusion|misunderstanding|mistake|error|oversight|inconvenience)|you|that you|about (?:your|the|that)|if)\b)",
     r"\b(?:i apologi[sz]e|my apologies|apologies)\s*,?\s*(?:but|i)\b",
     # explicit declining
     r"\bi (?:must|have to|need to|will have to|'ll have to|would have to|'d have to) (?:respectfully |politely )?(?:decline|refuse|refrain|pass)\b",

@@ -1,7 +1,7 @@
 """Reproduce post-intervention recovery against plain SAE clamping on the embedded subject.
 
-    python -m experiments.reproduce ioi|recall [--quick] [--prompts FILE] [--n N] [--out DIR]
-                                              [--readme README.md]
+    python -m experiments.reproduce ioi|recall|refusal [--quick] [--prompts FILE] [--n N] [--out DIR]
+                                                      [--readme README.md]
 
 Loads SmolLM2-135M-Instruct with the shipped SAEs, selects the latents to clamp by
 attribution (experiments/settings/selection.py) on a selection split of samples kept apart
@@ -18,6 +18,13 @@ samples valid (64 latents: 218), so both settings clamp 32 latents there. Defaul
 200 IOI and 300 recall samples so that n_valid >= 100. Budgets are relative:
 the L2 norm of delta at the final prompt position over the norm of the defended residual
 there.
+
+``refusal`` runs the refusal-steering pipeline instead (``experiments/refusal/``): refusal
+latents set at blocks.6 and blocks.12, validity by generation and the phrase judge, and
+recovery in the cross-layer, encoder-orthogonal, unconstrained and soft-suffix modes with
+the optimised delta applied while generating. Its last line: setting, n_valid,
+recovery_nonrefusal, ci_low, ci_high, recovery_baselike, drift, over_refusal_harmless,
+seconds.
 
 Writes ``DIR/results.json`` (everything) and ``DIR/results.md`` (the README table);
 ``--readme`` also replaces the block between ``<!-- results:SETTING:start -->`` and
@@ -56,7 +63,7 @@ DEFAULTS = {
     "recall": ReproduceConfig(setting="recall", site="blocks.6.hook_resid_post", n_latents=32, n_select=64,
                               n=300, budget=0.2, sweep=SWEEP, steps=60),
 }
-QUICK = {"n": 60, "steps": 30, "sweep": (0.0, 0.02, 0.05, 0.2)}
+QUICK = {"n": 50, "steps": 25, "sweep": (0.0, 0.05, 0.2)}
 
 
 def default_config(setting: str, quick: bool = False) -> ReproduceConfig:
@@ -83,14 +90,14 @@ def write_results(out: str | Path, results: dict[str, Any]) -> Path:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m experiments.reproduce", description=__doc__.split("\n\n")[0])
-    p.add_argument("setting", choices=sorted(DEFAULTS))
+    p.add_argument("setting", choices=[*sorted(DEFAULTS), "refusal"])
     p.add_argument("--quick", action="store_true", help=f"small run: {QUICK}")
     p.add_argument("--prompts", default=None, help="a JSONL prompts file of the setting instead of built-in data")
     p.add_argument("--n", type=int, default=None, help="evaluated samples (after the selection split)")
     p.add_argument("--steps", type=int, default=None, help="attack steps")
     p.add_argument("--budget", type=float, default=None, help="main relative L2 budget")
     p.add_argument("--site", default=None, help="SAE site of the clamp (and of the attack)")
-    p.add_argument("--n-latents", type=int, default=None, help="latents clamped")
+    p.add_argument("--n-latents", type=int, default=None, help="latents clamped (refusal: per site)")
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--out", default=None, help="output folder (default reproduce-out/SETTING)")
     p.add_argument("--readme", default=None, help="also update the results block of this README")
@@ -100,6 +107,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     args = build_parser().parse_args(argv)
+    if args.setting == "refusal":
+        from experiments.refusal.cli import run_from_args
+
+        return run_from_args(args)
     config = with_overrides(default_config(args.setting, args.quick), n=args.n, steps=args.steps,
                             budget=args.budget, site=args.site, n_latents=args.n_latents, seed=args.seed)
     import torch
@@ -110,7 +121,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     subject = load_subject(device=args.device)
     if config.site not in subject.saes:
         raise SystemExit(f"no shipped SAE at {config.site}; available: {subject.sites}")
+    from experiments.suites import benign_tokens
+
     results = reproduce(subject.model, subject.saes, config, prompts_file=args.prompts,
+                        benign=benign_tokens(subject.model, 64)[1],
                         log=lambda m: print(m, file=sys.stderr, flush=True))
     results["quick"] = bool(args.quick)
     out = write_results(args.out or f"reproduce-out/{args.setting}", results)

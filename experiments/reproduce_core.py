@@ -39,6 +39,7 @@ from experiments.settings import Sample, collate, get_setting, validity
 from experiments.settings.base import Setting, behaviour_score
 from guard.clamp import FeatureClamp
 from guard.errors import ToolkitError
+from guard.utility import measure_utility
 
 CONSTRAINTS = ("encoder", "none")
 
@@ -190,10 +191,12 @@ def _replay(model, defense, parts, alpha: float = 0.05) -> dict[str, Any]:
 
 def reproduce(model, saes: Mapping[str, object], config: ReproduceConfig, *, prompts_file: str | None = None,
               samples: tuple[Sequence[Sample], Sequence[Sample]] | None = None,
-              log: Callable[[str], None] = print) -> dict[str, Any]:
+              benign: torch.Tensor | None = None, log: Callable[[str], None] = print) -> dict[str, Any]:
     """The full reproduction on ``model`` + ``saes`` (see module docstring); the results as data.
 
     ``samples``: an explicit (selection, evaluation) split instead of the setting's own data.
+    ``benign``: token chunks [n, pos] of benign text; the clamp's next-token loss increase on
+    them is reported as ``clamp_delta_ce`` (its utility cost).
     """
     start = time.perf_counter()
     setting = get_setting(config.setting, site=config.site, n_latents=config.n_latents)
@@ -214,6 +217,7 @@ def reproduce(model, saes: Mapping[str, object], config: ReproduceConfig, *, pro
         "setting": config.setting, "config": config.to_dict(), "selection": selection.to_dict(),
         "n_evaluated": len(evaluate), "n_present": val.n_present, "n_valid": len(valid),
         "validity": val.to_dict(), "recovery": {}, "sweep": {}, "replay": {},
+        "clamp_delta_ce": None if benign is None else measure_utility(model, defense, benign).delta_ce,
     }
     if not valid:
         out["seconds"] = time.perf_counter() - start
@@ -282,7 +286,9 @@ def results_table(results: Mapping[str, Any]) -> str:
         f"`{cfg['site']}` (selected by attribution on {cfg['n_select']} separate samples); "
         f"{results['n_valid']} valid of {results['n_evaluated']} evaluated ({results['n_present']} show the "
         f"behaviour undefended). Attack: gradient recovery at the last prompt position, {cfg['steps']} steps, "
-        f"relative L2 budget {cfg['budget']}; exact 95% Clopper-Pearson intervals.",
+        f"relative L2 budget {cfg['budget']}; exact 95% Clopper-Pearson intervals."
+        + ("" if results.get("clamp_delta_ce") is None else
+           f" Utility cost of the clamp: next-token loss on benign text +{results['clamp_delta_ce']:.3f} nats."),
         "",
         "| constraint | recovered | drift (mean) | reactivation | rel. delta norm | replay: clamped / other / error |",
         "|---|---|---|---|---|---|",

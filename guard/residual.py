@@ -22,39 +22,28 @@ Subclasses implement ``transform_error`` and, when calibrated, ``_bind_calibrati
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import Literal
+from collections.abc import Mapping
+from dataclasses import dataclass
 
 import torch
 
-from guard.base import DefendedLatents, Defense, DefenseConfig
+from guard.base import DefendedLatents, Defense
 from guard.calibration import check_site_data
-from guard.clamp import bind_features, clamp_delta, normalise_features
+from guard.clamp import ClampConfig, bind_features, clamp_delta
 from guard.errors import ToolkitError, unknown_name
 from guard.sae_ops import check_activations, sink_mask, split
 
 
 @dataclass(frozen=True)
-class ResidualConfig(DefenseConfig):
-    """Fields every residual-aware defense shares.
+class ResidualConfig(ClampConfig):
+    """Fields every residual-aware defense shares: those of ``ClampConfig``.
 
     ``features``: {site: latent ids}; its keys are the sites the defense acts on (an empty
     id list means: transform the error there but clamp nothing). ``mode``, ``value``,
-    ``positive_only``: the clamp, as in ``ClampConfig``. ``sink_ratio``: tokens with residual
-    norm above this multiple of the call's median norm pass through unedited (None: no sink
-    handling).
+    ``positive_only``, ``sink_ratio``: the clamp, as in ``ClampConfig``.
     """
 
     name = "residual"
-    features: Mapping[str, Sequence[int]] = field(default_factory=dict)
-    mode: Literal["set", "multiply"] = "set"
-    value: float = 0.0
-    positive_only: bool = False
-    sink_ratio: float | None = 8.0
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "features", normalise_features(self.features))
 
 
 class ResidualDefense(Defense):

@@ -89,6 +89,8 @@ def test_positions_resolve_never_touch_pads():
     assert torch.equal(allp, b.valid())
     ans = Positions.make("answer").resolve(b)  # [prompt_len - 1, length - 1)
     assert ans.nonzero().tolist() == [[0, 2], [0, 3], [1, 1], [2, 3], [2, 4]]
+    prompt = Positions.make("prompt").resolve(b)  # [1, prompt_len)
+    assert prompt.nonzero().tolist() == [[0, 1], [0, 2], [1, 1], [2, 1], [2, 2], [2, 3]]
     s = Positions.make([0, -1]).resolve(b)
     assert s.nonzero().tolist() == [[0, 0], [0, 4], [1, 0], [1, 2], [2, 0], [2, 5]]
     with pytest.raises(ToolkitError, match="no token"):

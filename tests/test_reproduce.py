@@ -30,13 +30,15 @@ def tiny_run():
     samples = random_samples(model, n=24, seed=3)
     config = ReproduceConfig(setting="ioi", site=SITE, n_latents=8, n_select=8, n=16, budget=2.0,
                              sweep=(0.0, 2.0), steps=15, attack_batch=8)
-    results = reproduce(model, saes, config, samples=(samples[:8], samples[8:]), log=lambda m: None)
+    benign = torch.randint(0, 50, (3, 12), generator=torch.Generator().manual_seed(0))
+    results = reproduce(model, saes, config, samples=(samples[:8], samples[8:]), benign=benign, log=lambda m: None)
     return model, results
 
 
 def test_pipeline_counts_and_invariants(tiny_run):
     model, results = tiny_run
     assert results["n_evaluated"] == 16
+    assert isinstance(results["clamp_delta_ce"], float) and results["clamp_delta_ce"] == results["clamp_delta_ce"]
     assert results["n_valid"] == sum(results["validity"]["valid"])
     assert all(not hp.fwd_hooks for hp in model.hook_dict.values())
     if results["n_valid"] == 0:
