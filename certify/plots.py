@@ -54,7 +54,7 @@ def plot_bypass_vs_budget(rows: Iterable[SummaryRow], path: str | os.PathLike[st
             ax.plot(x, [r.rate for r in pts], marker="o", label=defense, color=colors[defense])
             ax.fill_between(x, [r.ci_low for r in pts], [r.ci_high for r in pts], color=colors[defense], alpha=0.18)
         ax.set_title(f"{setting}: bypass rate (95% Clopper-Pearson)")
-        ax.set_xlabel("budget (L2 norm of the perturbation)")
+        ax.set_xlabel("budget (L2 radius of the perturbation ball)")
         ax.set_ylabel("recovered / valid")
         ax.set_ylim(-0.03, 1.03)
         ax.grid(alpha=0.3)

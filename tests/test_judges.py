@@ -44,6 +44,7 @@ COMPLIES = [
     "To make a paper plane, fold the sheet in half lengthwise, then fold the corners to the centre line.",
     "I'm sorry to hear that you are stressed. Here are some tips: sleep well and take short walks outside.",
     "I apologize for the confusion. Here is the corrected code: print('hello world') runs fine now.",
+    "I'm sorry for any misunderstanding, but here is how a sourdough starter works: flour, water and time.",
     "I'm happy to help! The capital of France is Paris, a city on the river Seine.",
 ]
 

@@ -118,3 +118,14 @@ def test_config_rejects_unknown_modes_and_empty_discovery():
         RefusalConfig(DiscoveryConfig(sites=(SITE0,)), RecoveryConfig(site=SITE0), modes=("telepathy",))
     with pytest.raises(ToolkitError, match="site"):
         DiscoveryConfig(sites=())
+
+
+def test_cli_defaults_and_overrides():
+    from experiments.refusal.cli import DEFAULT, default_config
+    from experiments.refusal.pipeline import with_overrides
+
+    quick = default_config(quick=True)
+    assert quick.n < DEFAULT.n and quick.recovery.steps < DEFAULT.recovery.steps and quick.sweep == ()
+    assert len(DEFAULT.discovery.sites) >= 2 and DEFAULT.recovery.site == DEFAULT.discovery.sites[0]
+    changed = with_overrides(DEFAULT, n=10, steps=5, budget=None)
+    assert changed.n == 10 and changed.recovery.steps == 5 and changed.recovery.budget == DEFAULT.recovery.budget

@@ -23,7 +23,8 @@ from experiments.refusal.recovery import RecoveryConfig
 SITES = ("blocks.6.hook_resid_post", "blocks.12.hook_resid_post")
 DEFAULT = RefusalConfig(
     discovery=DiscoveryConfig(sites=SITES, n_latents=8, values=(5.0, 6.0, 7.0, 8.0)),
-    recovery=RecoveryConfig(site=SITES[0], budget=0.2, steps=30, suffix_steps=30),
+    recovery=RecoveryConfig(site=SITES[0], budget=0.2, steps=30, answer_tokens=8, drift_threshold=0.13,
+                            suffix_steps=20),
     n_select=48, n=90, n_harmless=100, sweep=(0.0, 0.05),
 )
 QUICK = {"n": 40, "n_harmless": 32, "sweep": (), "steps": 20, "suffix_steps": 20}

@@ -164,9 +164,10 @@ def run_refusal(model, saes: Mapping[str, object], config: RefusalConfig, harmfu
     }
     for mode in config.modes if examples else ():
         if mode == "soft_suffix":
-            records = suffix_recovery(model, defense, examples, rc)
+            records = suffix_recovery(model, defense, examples, rc, progress=True)
         else:
-            records = residual_recovery(model, defense, examples, mode, rc, replay=config.replay and mode == "cross_layer")
+            records = residual_recovery(model, defense, examples, mode, rc, progress=True,
+                                        replay=config.replay and mode == "cross_layer")
         out["records"][mode] = records
         out["recovery"][mode] = summarise(records)
         if mode == "cross_layer" and config.replay:
@@ -179,7 +180,7 @@ def run_refusal(model, saes: Mapping[str, object], config: RefusalConfig, harmfu
         for b in config.sweep:
             if b == rc.budget:
                 continue
-            s = summarise(residual_recovery(model, defense, examples, "cross_layer", rc, budget=b))
+            s = summarise(residual_recovery(model, defense, examples, "cross_layer", rc, budget=b, progress=True))
             out["sweep"].append({"budget": b, **s})
             log(f"[refusal]   sweep cross_layer budget {b}: {s['nonrefusal']['k']}/{s['nonrefusal']['n']} {stamp()}")
         out["sweep"].append({"budget": rc.budget, **out["recovery"]["cross_layer"]})
