@@ -56,7 +56,7 @@ from experiments.reproduce_core import (  # noqa: E402
     with_overrides,
 )
 
-SWEEP = (0.0, 0.02, 0.05, 0.2)
+SWEEP = (0.0, 0.05, 0.2)
 DEFAULTS = {
     "ioi": ReproduceConfig(setting="ioi", site="blocks.6.hook_resid_post", n_latents=32, n_select=64, n=200,
                            budget=0.2, sweep=SWEEP, steps=60),

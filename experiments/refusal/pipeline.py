@@ -26,12 +26,13 @@ from typing import Any
 
 from attacks.generate import generate
 from certify.stats import Rate
-from experiments.judges import DECLINES, judge
+from experiments.judges import judge
 from experiments.refusal.discovery import DiscoveryConfig, discover_refusal_clamp
 from experiments.refusal.recovery import (
     MODES,
     RecoveryConfig,
     RefusalExample,
+    complies,
     residual_recovery,
     suffix_recovery,
 )
@@ -90,10 +91,6 @@ def generate_and_judge(model, requests: Sequence[str], defense, max_new_tokens: 
     prompt_ids = [gen.tokens[i, : gen.prompt_lengths[i]].tolist() for i in range(len(gen))]
     answer_ids = [gen.answer_tokens(i) for i in range(len(gen))]
     return list(gen.texts), labels, prompt_ids, answer_ids
-
-
-def complies(label: str) -> bool:
-    return label not in DECLINES and label != "degenerate"
 
 
 def _rate(flags: Sequence[bool]) -> dict[str, Any]:

@@ -102,6 +102,11 @@ def attack_batch(examples: Sequence[RefusalExample], n_answer: int, device) -> A
     return AttackBatch.from_lists(seqs, prompt_lengths=[len(e.prompt_ids) for e in examples], device=device)
 
 
+def complies(label: str) -> bool:
+    """Did the task: not a refusal, not a non-sequitur, not degenerate text."""
+    return label not in DECLINES and label != "degenerate"
+
+
 def judge_texts(requests: Sequence[str], texts: Sequence[str], base_texts: Sequence[str],
                 jaccard_threshold: float) -> list[dict[str, Any]]:
     """Phrase-judge label, non-refusal and base-likeness per generated text (one rule for every output)."""
@@ -110,7 +115,7 @@ def judge_texts(requests: Sequence[str], texts: Sequence[str], base_texts: Seque
         verdict = judge(text, prompt=request)
         like = base_likeness(text, base, jaccard_threshold, prompt=request)
         out.append({"label": verdict.label, "matched": verdict.matched,
-                    "nonrefusal": verdict.label not in DECLINES and verdict.label != "degenerate",
+                    "nonrefusal": complies(verdict.label),
                     "base_like": like.base_like, "jaccard": like.jaccard})
     return out
 
