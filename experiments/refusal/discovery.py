@@ -27,8 +27,8 @@ from typing import Any
 
 import torch
 
-from attacks.generate import generate
-from experiments.judges import DECLINES, judge
+from experiments.judges import DECLINES
+from experiments.refusal.recovery import generate_and_judge
 from experiments.subject.chat import chat_prompt
 from guard.clamp import ClampConfig, FeatureClamp
 from guard.errors import ToolkitError, unknown_name
@@ -129,9 +129,7 @@ def score_latents(saes: Mapping[str, object], gradients: Mapping[str, torch.Tens
 def refusal_rates(model, defense, harmful: Sequence[str], harmless: Sequence[str], max_new_tokens: int,
                   batch_size: int = 32) -> dict[str, float]:
     """Generated-and-judged rates: harmful requests refused, harmless instructions declined."""
-    texts = generate(model, [chat_prompt(r) for r in [*harmful, *harmless]], max_new_tokens=max_new_tokens,
-                     defense=defense, batch_size=batch_size).texts
-    labels = [judge(t, prompt=r).label for t, r in zip(texts, [*harmful, *harmless], strict=True)]
+    _, labels, _, _ = generate_and_judge(model, [*harmful, *harmless], defense, max_new_tokens, batch_size)
     n = len(harmful)
     return {"harmful_refusal": sum(lab == "refusal" for lab in labels[:n]) / max(n, 1),
             "harmless_refusal": sum(lab in DECLINES for lab in labels[n:]) / max(len(harmless), 1)}

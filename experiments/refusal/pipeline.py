@@ -24,15 +24,14 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
-from attacks.generate import generate
 from certify.stats import Rate
-from experiments.judges import judge
 from experiments.refusal.discovery import DiscoveryConfig, discover_refusal_clamp
 from experiments.refusal.recovery import (
     MODES,
     RecoveryConfig,
     RefusalExample,
     complies,
+    generate_and_judge,
     residual_recovery,
     suffix_recovery,
 )
@@ -80,17 +79,6 @@ def split(items: Sequence[str], n_first: int, seed: int, n_rest: int | None = No
         raise ToolkitError(f"refusal: {len(items)} prompts, not more than the {n_first} reserved for discovery")
     rest = items[n_first:]
     return items[:n_first], rest if n_rest is None else rest[:n_rest]
-
-
-def generate_and_judge(model, requests: Sequence[str], defense, max_new_tokens: int, batch_size: int,
-                       ) -> tuple[list[str], list[str], list[list[int]], list[list[int]]]:
-    """(texts, labels, prompt ids, answer ids) of greedy generation from the chat prompts."""
-    prompts = [chat_prompt(r) for r in requests]
-    gen = generate(model, prompts, max_new_tokens=max_new_tokens, defense=defense, batch_size=batch_size)
-    labels = [judge(t, prompt=r).label for t, r in zip(gen.texts, requests, strict=True)]
-    prompt_ids = [gen.tokens[i, : gen.prompt_lengths[i]].tolist() for i in range(len(gen))]
-    answer_ids = [gen.answer_tokens(i) for i in range(len(gen))]
-    return list(gen.texts), labels, prompt_ids, answer_ids
 
 
 def _rate(flags: Sequence[bool]) -> dict[str, Any]:

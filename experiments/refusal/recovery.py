@@ -35,6 +35,7 @@ from attacks.replay import PARTS, split_perturbation
 from attacks.suffix import SoftSuffixAttack, SoftSuffixConfig, SuffixExample, target_logprob
 from attacks.threat import CrossLayer, ThreatModel
 from experiments.judges import DECLINES, REFUSAL_OPENINGS, base_likeness, judge
+from experiments.subject.chat import chat_prompt
 from guard.base import Defense
 from guard.errors import ToolkitError
 
@@ -118,6 +119,17 @@ def judge_texts(requests: Sequence[str], texts: Sequence[str], base_texts: Seque
                     "nonrefusal": complies(verdict.label),
                     "base_like": like.base_like, "jaccard": like.jaccard})
     return out
+
+
+def generate_and_judge(model, requests: Sequence[str], defense, max_new_tokens: int, batch_size: int,
+                       ) -> tuple[list[str], list[str], list[list[int]], list[list[int]]]:
+    """(texts, labels, prompt ids, answer ids) of greedy generation from the chat prompts."""
+    prompts = [chat_prompt(r) for r in requests]
+    gen = generate(model, prompts, max_new_tokens=max_new_tokens, defense=defense, batch_size=batch_size)
+    labels = [judge(t, prompt=r).label for t, r in zip(gen.texts, requests, strict=True)]
+    prompt_ids = [gen.tokens[i, : gen.prompt_lengths[i]].tolist() for i in range(len(gen))]
+    answer_ids = [gen.answer_tokens(i) for i in range(len(gen))]
+    return list(gen.texts), labels, prompt_ids, answer_ids
 
 
 @torch.no_grad()
