@@ -35,6 +35,8 @@ from typing import Any, ClassVar
 
 import torch
 from tqdm.auto import tqdm
+from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
+from transformer_lens.cache.key_value_cache_entry import TransformerLensKeyValueCacheEntry
 
 from attacks.perturbation import Perturbation
 from guard.errors import ToolkitError
@@ -93,6 +95,13 @@ class SuffixBatch:
         return SuffixBatch(*(t[idx] for t in (self.tokens, self.lengths, self.suffix_start,
                                               self.target_start, self.target_lengths, self.rows)))
 
+    def shifted(self, p0: int) -> SuffixBatch:
+        """The same examples from position ``p0`` on (positions counted from ``p0``; rows unchanged)."""
+        if p0 == 0:
+            return self
+        return SuffixBatch(self.tokens[:, p0:], self.lengths - p0, self.suffix_start - p0,
+                           self.target_start - p0, self.target_lengths, self.rows)
+
     def last(self) -> torch.Tensor:
         """long [b]: position of the last prompt token (whose logits predict the first answer token)."""
         return self.target_start - 1
@@ -120,7 +129,10 @@ class SoftSuffixConfig:
     init: 'token' (embedding of ``init_token_id``, default the placeholder) or 'random'
     (Gaussian scaled to the mean embedding norm). max_norm: optional per-vector L2 cap,
     relative to the mean embedding norm. placeholder: token id fed at suffix positions
-    (its embedding is overwritten). seed: for 'random' init.
+    (its embedding is overwritten). seed: for 'random' init. reuse_prefix: compute the keys
+    and values of the positions before the earliest suffix once, under the defense, and run
+    each step from there (same result; assumes the defense edits each position independently,
+    as the clamps and residual defenses in guard/ do).
     """
 
     name: ClassVar[str] = "soft_suffix"
@@ -132,6 +144,7 @@ class SoftSuffixConfig:
     max_norm: float | None = None
     placeholder: int = 0
     seed: int = 0
+    reuse_prefix: bool = True
 
     def to_dict(self) -> dict[str, Any]:
         from dataclasses import asdict
@@ -183,6 +196,26 @@ class SuffixResult:
             delta[b, s : s + self.n_suffix] = self.embeddings[b].to(w_e) - w_e[self.placeholder]
             mask[b, s : s + self.n_suffix] = True
         return Perturbation(EMBED_SITE, delta, mask)
+
+
+@dataclass(frozen=True)
+class _Prefix:
+    """Keys/values of positions [0, length) per layer, for every example of the attack's batch."""
+
+    length: int
+    keys: list[torch.Tensor]
+    values: list[torch.Tensor]
+
+    def cache(self, rows: torch.Tensor) -> TransformerLensKeyValueCache:
+        """A frozen cache for examples ``rows`` (the forward reads it and leaves it as it is)."""
+        entries = [TransformerLensKeyValueCacheEntry(k[rows], v[rows], frozen=True)
+                   for k, v in zip(self.keys, self.values, strict=True)]
+        ones = torch.ones((len(rows), self.length), dtype=torch.int, device=rows.device)
+        return TransformerLensKeyValueCache(entries, ones, frozen=True)
+
+
+def _defended(model, defense):
+    return defense.applied(model) if defense is not None else contextlib.nullcontext()
 
 
 Objective = Callable[[torch.Tensor, SuffixBatch], torch.Tensor]
@@ -238,7 +271,24 @@ class SoftSuffixAttack:
         norms = emb.norm(dim=-1, keepdim=True).clamp_min(1e-12)
         emb.mul_(torch.clamp(cap / norms, max=1.0))
 
-    def _forward(self, model, batch: SuffixBatch, emb: torch.Tensor, defense) -> torch.Tensor:
+    @torch.no_grad()
+    def _prefix(self, model, batch: SuffixBatch, defense) -> _Prefix | None:
+        """Keys/values of every layer over the positions before the earliest suffix (defended)."""
+        p0 = int(batch.suffix_start.min())
+        if not self.config.reuse_prefix or p0 == 0:
+            return None
+        n = len(batch.rows)
+        cache = TransformerLensKeyValueCache.init_cache(model.cfg, model.cfg.device, n)
+        ones = torch.ones((n, p0), dtype=torch.int, device=batch.tokens.device)
+        with _defended(model, defense):
+            model(batch.tokens[:, :p0], return_type=None, past_kv_cache=cache, attention_mask=ones)
+        return _Prefix(p0, [e.past_keys for e in cache.entries], [e.past_values for e in cache.entries])
+
+    def _forward(self, model, batch: SuffixBatch, emb: torch.Tensor, defense,
+                 prefix: _Prefix | None = None) -> tuple[torch.Tensor, SuffixBatch]:
+        """Logits from the first uncached position on, and ``batch`` shifted to match."""
+        p0, cache = (0, None) if prefix is None else (prefix.length, prefix.cache(batch.rows))
+        batch = batch.shifted(p0)
         n = self.config.n_suffix
         rows = torch.arange(len(batch.rows), device=emb.device)[:, None].expand(-1, n)
         cols = batch.suffix_start[:, None] + torch.arange(n, device=emb.device)[None]
@@ -246,9 +296,11 @@ class SoftSuffixAttack:
         def overwrite(embed: torch.Tensor, hook) -> torch.Tensor:
             return embed.index_put((rows.reshape(-1), cols.reshape(-1)), emb.reshape(-1, emb.shape[-1]).to(embed))
 
-        ctx = defense.applied(model) if defense is not None else contextlib.nullcontext()
-        with model.hooks(fwd_hooks=[(EMBED_SITE, overwrite)]), ctx:
-            return model(batch.tokens)
+        with model.hooks(fwd_hooks=[(EMBED_SITE, overwrite)]), _defended(model, defense):
+            if cache is None:
+                return model(batch.tokens), batch
+            mask = torch.ones(batch.tokens.shape, dtype=torch.int, device=batch.tokens.device)
+            return model(batch.tokens, past_kv_cache=cache, attention_mask=mask), batch
 
     def run(self, model, examples: Sequence[SuffixExample], objective: Objective,
             success: Success | None = None, defense=None, progress: bool = False) -> SuffixResult:
@@ -272,10 +324,11 @@ class SoftSuffixAttack:
         steps = torch.zeros(n, dtype=torch.long, device=device)
         history: list[float] = []
 
+        prefix = self._prefix(model, batch, defense)
+
         def evaluate(active: torch.Tensor, with_grad: bool) -> torch.Tensor:
-            sub = batch.select(active)
             with torch.set_grad_enabled(with_grad):
-                logits = self._forward(model, sub, emb[active], defense)
+                logits, sub = self._forward(model, batch.select(active), emb[active], defense, prefix)
                 scores = objective(logits, sub)
             if scores.shape != (len(active),):
                 raise ToolkitError(f"soft suffix: objective returned shape {tuple(scores.shape)}, expected ({len(active)},)")

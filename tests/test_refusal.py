@@ -127,5 +127,9 @@ def test_cli_defaults_and_overrides():
     quick = default_config(quick=True)
     assert quick.n < DEFAULT.n and quick.recovery.steps < DEFAULT.recovery.steps and quick.sweep == ()
     assert len(DEFAULT.discovery.sites) >= 2 and DEFAULT.recovery.site == DEFAULT.discovery.sites[0]
-    changed = with_overrides(DEFAULT, n=10, steps=5, budget=None)
+    assert quick.discovery == DEFAULT.discovery and "cross_layer" in quick.modes
+    changed = with_overrides(DEFAULT, n=10, steps=5, budget=None, n_latents=3)
     assert changed.n == 10 and changed.recovery.steps == 5 and changed.recovery.budget == DEFAULT.recovery.budget
+    assert changed.discovery.n_latents == 3 and changed.discovery.sites == DEFAULT.discovery.sites
+    with pytest.raises(TypeError):
+        with_overrides(DEFAULT, telepathy=1)

@@ -42,7 +42,7 @@ def test_planted_objective_increases_under_the_defense(model, clamp):
     attack = SoftSuffixAttack(cfg)
     batch = build_batch(EXAMPLES, cfg.n_suffix, cfg.placeholder, 0, "cpu")
     with torch.no_grad():
-        start = token_logit(attack._forward(model, batch, attack._init(model, 3), clamp), batch)
+        start = token_logit(attack._forward(model, batch, attack._init(model, 3), clamp)[0], batch)
     result = attack.run(model, EXAMPLES, token_logit, defense=clamp)
     assert (result.scores > start + 1.0).all()
     assert result.history[-1] > result.history[0]
@@ -52,13 +52,26 @@ def test_planted_objective_increases_under_the_defense(model, clamp):
     assert all(p.grad is None for p in model.parameters())
 
 
+def test_cached_prefix_gives_the_same_attack(clamp):
+    # float64: the cached and the full forward then agree to rounding, step after step
+    model64 = tiny_model(dtype=torch.float64)
+    clamp64 = FeatureClamp(clamp.config, {s: sae.to(torch.float64) for s, sae in clamp.saes.items()})
+    examples = [EXAMPLES[0], EXAMPLES[2]]  # the first 3 positions of both come from the cache
+    results = [SoftSuffixAttack(SoftSuffixConfig(n_suffix=3, steps=6, lr=0.1, reuse_prefix=reuse))
+               .run(model64, examples, target_logprob, defense=clamp64) for reuse in (False, True)]
+    full, cached = results
+    assert torch.allclose(full.embeddings, cached.embeddings, atol=1e-9)
+    assert torch.allclose(full.scores, cached.scores, atol=1e-9)
+    assert full.history == pytest.approx(cached.history, abs=1e-9)
+
+
 def test_early_stop_is_per_example(model):
     thresholds = torch.tensor([float("-inf"), 0.0, float("inf")])
     cfg = SoftSuffixConfig(n_suffix=3, steps=15, lr=0.2)
     attack = SoftSuffixAttack(cfg)
     batch = build_batch(EXAMPLES, cfg.n_suffix, cfg.placeholder, 0, "cpu")
     with torch.no_grad():
-        start = token_logit(attack._forward(model, batch, attack._init(model, 3), None), batch)
+        start = token_logit(attack._forward(model, batch, attack._init(model, 3), None)[0], batch)
     thresholds[1] = start[1] + 0.5  # reachable, but not at step 0
     result = attack.run(model, EXAMPLES, token_logit, success=lambda lg, b, s: s > thresholds[b.rows])
     assert result.success.tolist() == [True, True, False]
@@ -74,7 +87,7 @@ def test_suffix_replays_as_an_embedding_perturbation(model, clamp):
     pert = result.as_perturbation(model, EXAMPLES)
     batch = build_batch(EXAMPLES, cfg.n_suffix, cfg.placeholder, 0, "cpu")
     with torch.no_grad():
-        direct = attack._forward(model, batch, result.embeddings, clamp)
+        direct, _ = attack._forward(model, batch, result.embeddings, clamp)
         for i, p in enumerate(prompts):
             with model.hooks(fwd_hooks=perturbation_hooks([pert.select(torch.tensor([i]))])), clamp.applied(model):
                 replay = model(torch.tensor(p)[None])

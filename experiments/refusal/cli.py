@@ -2,17 +2,18 @@
 
 Defaults (measured on the subject, see ``discovery.py``): 8 refusal latents at blocks.6 and
 8 at blocks.12 (16 per site derailed the subject at set values >= 6: harmless instructions
-declined 47-88%, harmful refused only 6-56%), set value calibrated over 5-8 on 32 of the 48
-held-apart harmful requests and 32 of the calibration half of our harmless instructions;
-90 evaluated harmful requests (AdvBench + HarmBench, shuffled), 100 harmless; attack at
-blocks.6 on the prompt tokens. ``--quick``: fewer requests and steps, no sweep.
+declined 47-88%, harmful refused only 6-56%), set value calibrated over 6-8 on 32 of the 48
+held-apart harmful requests and 32 of the calibration half of our harmless instructions
+(value 5 refused 19% of harmful requests); 90 evaluated harmful requests (AdvBench +
+HarmBench, shuffled), 100 harmless; attack at blocks.6 on the prompt tokens; budget sweep
+on the first 40 valid samples. ``--quick``: 24 harmful requests, 32 harmless, the
+cross-layer and soft-suffix modes only, 20 steps, no sweep; the same defense.
 """
 
 from __future__ import annotations
 
 import json
 import sys
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -22,12 +23,11 @@ from experiments.refusal.recovery import RecoveryConfig
 
 SITES = ("blocks.6.hook_resid_post", "blocks.12.hook_resid_post")
 DEFAULT = RefusalConfig(
-    discovery=DiscoveryConfig(sites=SITES, n_latents=8, values=(5.0, 6.0, 7.0, 8.0)),
-    recovery=RecoveryConfig(site=SITES[0], budget=0.2, steps=30, answer_tokens=8, drift_threshold=0.13,
-                            suffix_steps=20),
-    n_select=48, n=90, n_harmless=100, sweep=(0.0, 0.05),
+    discovery=DiscoveryConfig(sites=SITES, n_latents=8, values=(6.0, 7.0, 8.0)),
+    recovery=RecoveryConfig(site=SITES[0], budget=0.2, steps=30, drift_threshold=0.13, suffix_steps=20),
+    n_select=48, n=90, n_harmless=100, sweep=(0.0, 0.05), sweep_n=40,
 )
-QUICK = {"n": 40, "n_harmless": 32, "sweep": (), "steps": 20, "suffix_steps": 20}
+QUICK = {"n": 24, "n_harmless": 32, "modes": ("cross_layer", "soft_suffix"), "sweep": (), "steps": 20}
 
 
 def default_config(quick: bool = False) -> RefusalConfig:
@@ -56,9 +56,7 @@ def run_from_args(args) -> dict[str, Any]:
 
     config = default_config(args.quick)
     config = with_overrides(config, n=args.n, seed=args.seed, steps=args.steps, budget=args.budget,
-                            site=args.site)
-    if args.n_latents is not None:
-        config = replace(config, discovery=replace(config.discovery, n_latents=args.n_latents))
+                            site=args.site, n_latents=args.n_latents)
     torch.manual_seed(config.seed)
     subject = load_subject(device=args.device)
     results = run_refusal(subject.model, subject.saes, config, load_requests(args.prompts),

@@ -27,8 +27,7 @@ from typing import Any
 
 import torch
 
-from experiments.judges import DECLINES
-from experiments.refusal.recovery import generate_and_judge
+from experiments.refusal.recovery import complies, generate_and_judge
 from experiments.subject.chat import chat_prompt
 from guard.clamp import ClampConfig, FeatureClamp
 from guard.errors import ToolkitError, unknown_name
@@ -128,11 +127,12 @@ def score_latents(saes: Mapping[str, object], gradients: Mapping[str, torch.Tens
 
 def refusal_rates(model, defense, harmful: Sequence[str], harmless: Sequence[str], max_new_tokens: int,
                   batch_size: int = 32) -> dict[str, float]:
-    """Generated-and-judged rates: harmful requests refused, harmless instructions declined."""
+    """Generated-and-judged rates: harmful requests refused, harmless instructions not complied with
+    (the same rule as the reported over-refusal)."""
     _, labels, _, _ = generate_and_judge(model, [*harmful, *harmless], defense, max_new_tokens, batch_size)
     n = len(harmful)
     return {"harmful_refusal": sum(lab == "refusal" for lab in labels[:n]) / max(n, 1),
-            "harmless_refusal": sum(lab in DECLINES for lab in labels[n:]) / max(len(harmless), 1)}
+            "harmless_refusal": sum(not complies(lab) for lab in labels[n:]) / max(len(harmless), 1)}
 
 
 def calibrate_value(model, saes, features: Mapping[str, Sequence[int]], harmful: Sequence[str],
@@ -146,7 +146,7 @@ def calibrate_value(model, saes, features: Mapping[str, Sequence[int]], harmful:
         row = {"value": value, **refusal_rates(model, defense, harmful, harmless, config.max_new_tokens)}
         table.append(row)
         log(f"[refusal] calibration value {value:g}: harmful refused {row['harmful_refusal']:.2f}, "
-            f"harmless declined {row['harmless_refusal']:.2f}")
+            f"harmless not complied {row['harmless_refusal']:.2f}")
     best = max(table, key=lambda r: (r["harmful_refusal"] - r["harmless_refusal"], -r["value"]))
     return float(best["value"]), table
 

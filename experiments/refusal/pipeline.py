@@ -32,6 +32,7 @@ from experiments.refusal.recovery import (
     RefusalExample,
     complies,
     generate_and_judge,
+    judge_texts,
     residual_recovery,
     suffix_recovery,
 )
@@ -46,7 +47,8 @@ class RefusalConfig:
     n_select: harmful requests used only for discovery and calibration. n: evaluated harmful
     requests (None: all the rest). n_harmless: harmless instructions evaluated for
     over-refusal (the other ones calibrate). modes: recovery modes run. sweep: relative
-    budgets of the cross-layer sweep (the main budget is ``recovery.budget``).
+    budgets of the cross-layer sweep (the main budget ``recovery.budget`` is added), on the
+    first ``sweep_n`` valid samples (None: all).
     """
 
     discovery: DiscoveryConfig
@@ -56,6 +58,7 @@ class RefusalConfig:
     n_harmless: int | None = None
     modes: tuple[str, ...] = MODES
     sweep: tuple[float, ...] = (0.0, 0.05, 0.1)
+    sweep_n: int | None = None
     replay: bool = True
     gen_batch: int = 32
     seed: int = 0
@@ -161,15 +164,21 @@ def run_refusal(model, saes: Mapping[str, object], config: RefusalConfig, harmfu
         s = out["recovery"][mode]
         log(f"[refusal] {mode}: non-refusal {s['nonrefusal']['k']}/{s['nonrefusal']['n']}, base-like "
             f"{s['base_like']['k']}, drift {s['drift_mean']} {stamp()}")
-    if examples and "cross_layer" in config.modes:
-        for b in config.sweep:
+    if examples and "cross_layer" in config.modes and config.sweep:
+        picked = examples[: config.sweep_n]
+        for b in sorted({*config.sweep, rc.budget}):
             if b == rc.budget:
-                continue
-            s = summarise(residual_recovery(model, defense, examples, "cross_layer", rc, budget=b, progress=True))
+                records = out["records"]["cross_layer"][: len(picked)]
+            elif b == 0:  # a zero delta leaves the defended generation as it is: judge that, no rerun
+                texts = [def_texts[i] for i in valid_rows[: len(picked)]]
+                records = [{**v, "objective_success": False, "drift": 0.0, "floor_violation": 0.0}
+                           for v in judge_texts([e.request for e in picked], texts,
+                                                [e.base_text for e in picked], rc.base_like_jaccard)]
+            else:
+                records = residual_recovery(model, defense, picked, "cross_layer", rc, budget=b, progress=True)
+            s = summarise(records)
             out["sweep"].append({"budget": b, **s})
             log(f"[refusal]   sweep cross_layer budget {b}: {s['nonrefusal']['k']}/{s['nonrefusal']['n']} {stamp()}")
-        out["sweep"].append({"budget": rc.budget, **out["recovery"]["cross_layer"]})
-        out["sweep"].sort(key=lambda row: row["budget"])
     out["seconds"] = time.perf_counter() - start
     return out
 
@@ -220,7 +229,8 @@ def results_table(results: Mapping[str, Any]) -> str:
         lines.append(f"| {mode} | {_cell(s['nonrefusal'])} | {_cell(s['base_like'])} | {_num(s['drift_mean'])} | "
                      f"{_num(s['floor_violation_mean'])} |")
     if results["sweep"]:
-        lines += ["", "| cross-layer budget | " + " | ".join(_num(r["budget"]) for r in results["sweep"]) + " |",
+        n_sweep = results["sweep"][0]["nonrefusal"]["n"]
+        lines += ["", f"| cross-layer budget ({n_sweep} valid samples) | " + " | ".join(_num(r["budget"]) for r in results["sweep"]) + " |",
                   "|---|" + "---|" * len(results["sweep"]),
                   "| non-refusal | " + " | ".join(f"{r['nonrefusal']['k']}/{r['nonrefusal']['n']}"
                                                  for r in results["sweep"]) + " |"]
@@ -233,8 +243,11 @@ def results_table(results: Mapping[str, Any]) -> str:
 
 
 def with_overrides(config: RefusalConfig, **changes: Any) -> RefusalConfig:
+    """``config`` with the given fields replaced (None: keep), routed to the recovery or
+    discovery part where the field lives there."""
+    changes = {k: v for k, v in changes.items() if v is not None}
     rec = {k: changes.pop(k) for k in list(changes) if k in RecoveryConfig.__dataclass_fields__}
-    rec = {k: v for k, v in rec.items() if v is not None}
-    config = replace(config, **{k: v for k, v in changes.items() if v is not None})
-    return replace(config, recovery=replace(config.recovery, **rec)) if rec else config
+    disc = {k: changes.pop(k) for k in list(changes) if k in DiscoveryConfig.__dataclass_fields__}
+    return replace(config, **changes, recovery=replace(config.recovery, **rec),
+                   discovery=replace(config.discovery, **disc))
 
