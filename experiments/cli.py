@@ -10,6 +10,7 @@ COMMANDS = {
     "saes": ("experiments.saes", "build or evaluate the project's SAEs"),
     "utility": ("guard.utility", "utility cost of every registered defense"),
     "bench": ("attacks.bench", "recovery engine vs reference-style loop, side by side"),
+    "bench-suffix": ("attacks.bench_suffix", "soft suffix with vs without the cached prompt prefix"),
     "certify": ("certify", "adaptive evaluation of defenses with reports"),
     "reproduce": ("experiments.reproduce", "reproduce the paper's settings on the subject"),
     "judges": ("experiments.judges", "evaluate the refusal judges on labelled data"),
@@ -19,7 +20,7 @@ COMMANDS = {
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     if not argv or argv[0] not in COMMANDS:
-        lines = "\n".join(f"  {name:<10} {help_}  (python -m {mod})" for name, (mod, help_) in COMMANDS.items())
+        lines = "\n".join(f"  {name:<13} {help_}  (python -m {mod})" for name, (mod, help_) in COMMANDS.items())
         print(f"usage: latentguard COMMAND [ARGS]\n\ncommands:\n{lines}")
         sys.exit(0 if argv and argv[0] in ("-h", "--help") else 2)
     module = COMMANDS[argv[0]][0]

@@ -93,8 +93,9 @@ def _record(nonrefusal: bool, base_like: bool, drift: float, label: str) -> dict
 def test_summary_headline_and_table_from_records():
     records = [_record(True, True, 0.05, "comply"), _record(True, False, 0.1, "hedge"),
                _record(False, False, 0.9, "refusal")]
-    s = summarise(records)
+    s = summarise(records, drift_threshold=0.08)
     assert s["nonrefusal"]["k"] == 2 and s["nonrefusal"]["n"] == 3 and s["base_like"]["k"] == 1
+    assert s["nonrefusal_within_drift"]["k"] == 1  # the recovered one at drift 0.1 is over 0.08
     assert s["nonrefusal"]["ci_low"] <= 2 / 3 <= s["nonrefusal"]["ci_high"]
     assert s["drift_mean"] == pytest.approx(0.075)  # over the recovered samples only
     assert s["labels"] == {"comply": 1, "hedge": 1, "refusal": 1}
