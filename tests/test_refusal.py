@@ -132,5 +132,7 @@ def test_cli_defaults_and_overrides():
     changed = with_overrides(DEFAULT, n=10, steps=5, budget=None, n_latents=3)
     assert changed.n == 10 and changed.recovery.steps == 5 and changed.recovery.budget == DEFAULT.recovery.budget
     assert changed.discovery.n_latents == 3 and changed.discovery.sites == DEFAULT.discovery.sites
-    with pytest.raises(TypeError):
+    reseeded = with_overrides(DEFAULT, seed=3)  # the data split and the attack alike
+    assert reseeded.seed == 3 and reseeded.recovery.seed == 3
+    with pytest.raises(ToolkitError, match="telepathy"):
         with_overrides(DEFAULT, telepathy=1)

@@ -1,5 +1,6 @@
-"""Smoke test of refusal recovery on the real subject with the shipped SAEs: a two-site set clamp,
-two AdvBench requests, a few steps of each residual mode, generation with the optimised delta."""
+"""Smoke tests of refusal recovery on the real subject with the shipped SAEs: a two-site set clamp,
+two AdvBench requests, a few steps of each residual mode, generation with the optimised delta;
+and the whole pipeline end to end at a tiny size."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import math
 
 import pytest
 
-from experiments.refusal.recovery import RecoveryConfig, RefusalExample, residual_recovery
+from experiments.refusal.recovery import RecoveryConfig, RefusalExample, complies, residual_recovery
 from guard.clamp import ClampConfig, FeatureClamp
 
 SITES = ("blocks.6.hook_resid_post", "blocks.12.hook_resid_post")
@@ -45,3 +46,23 @@ def test_residual_recovery_records(setup, mode):
         assert r["label"] in ("refusal", "off_topic", "hedge", "degenerate", "comply")
         if mode == "cross_layer":
             assert set(r["replay"]) == {"clamped", "other", "error"}
+
+
+def test_pipeline_end_to_end_at_a_tiny_size(setup):
+    from experiments.data.harmless import load_harmless
+    from experiments.refusal.cli import DEFAULT, load_requests
+    from experiments.refusal.pipeline import headline, results_table, run_refusal, with_overrides
+
+    model, defense, _ = setup
+    config = with_overrides(DEFAULT, n_select=2, n=4, n_harmless=2, n_gradient=2, value=7.0, steps=2,
+                            answer_tokens=4, max_new_tokens=8, modes=("cross_layer",), sweep=(0.0, 0.05),
+                            sweep_n=2, replay=False)
+    out = run_refusal(model, defense.saes, config, load_requests(None), list(load_harmless().prompts),
+                      log=lambda m: None)
+    valid = [s for s in out["samples"] if complies(s["undefended_label"]) and s["defended_label"] == "refusal"]
+    assert out["n_evaluated"] == 4 and out["n_valid"] == len(valid) > 0
+    assert len(out["records"]["cross_layer"]) == out["n_valid"]
+    sweep = out["sweep"]
+    assert [r["budget"] for r in sweep] == [0.0, 0.05, 0.2]
+    assert sweep[0]["nonrefusal"]["k"] == 0 and sweep[0]["nonrefusal"]["n"] == min(2, out["n_valid"])
+    assert headline(out)["n_valid"] == out["n_valid"] and "cross_layer" in results_table(out)

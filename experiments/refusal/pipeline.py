@@ -247,11 +247,17 @@ def results_table(results: Mapping[str, Any]) -> str:
 
 
 def with_overrides(config: RefusalConfig, **changes: Any) -> RefusalConfig:
-    """``config`` with the given fields replaced (None: keep), routed to the recovery or
-    discovery part where the field lives there."""
+    """``config`` with the given fields replaced (None: keep) wherever they live: the run, its
+    discovery or its recovery part (``seed`` sets all that have it)."""
     changes = {k: v for k, v in changes.items() if v is not None}
-    rec = {k: changes.pop(k) for k in list(changes) if k in RecoveryConfig.__dataclass_fields__}
-    disc = {k: changes.pop(k) for k in list(changes) if k in DiscoveryConfig.__dataclass_fields__}
-    return replace(config, **changes, recovery=replace(config.recovery, **rec),
-                   discovery=replace(config.discovery, **disc))
+    parts = (RefusalConfig, DiscoveryConfig, RecoveryConfig)
+    unknown = [k for k in changes if not any(k in c.__dataclass_fields__ for c in parts)]
+    if unknown:
+        raise ToolkitError(f"refusal: unknown settings {unknown}")
 
+    def own(cfg) -> dict[str, Any]:
+        return {k: v for k, v in changes.items() if k in cfg.__dataclass_fields__}
+
+    top = {k: v for k, v in own(config).items() if k not in ("discovery", "recovery")}
+    return replace(config, **top, discovery=replace(config.discovery, **own(config.discovery)),
+                   recovery=replace(config.recovery, **own(config.recovery)))
