@@ -12,7 +12,8 @@
    defended outputs; a budget sweep for the cross-layer mode; generation-based attribution
    replay of the cross-layer deltas.
 
-Everything takes a model and SAEs, so the tests run it on a tiny random model.
+Everything takes a model and SAEs (any HookedTransformer with a chat tokenizer); the tests
+run the pieces on tiny random models and the whole pipeline on the subject at a tiny size.
 """
 
 from __future__ import annotations
