@@ -375,6 +375,7 @@ def generate(
         stop_token_ids: default: the tokenizer's EOS and ``<|im_end|>``; per example, generation
             stops after the first stop token.
         batch_size: examples per forward (default: all). Chunks are formed by prompt length.
+        progress: a progress bar, over generated tokens for one batch, over batches for several.
         fast_layout: run under :func:`fast_weight_layout` (same outputs, several times faster).
 
     Returns a :class:`Generation`.
@@ -412,7 +413,9 @@ def generate(
     size = batch_size or n
     order = sorted(range(n), key=lambda i: len(token_lists[i]))  # similar lengths, less padding
     parts = []
-    for start in range(0, n, size):
+    # one batch: a bar over generated tokens; several: a bar over batches
+    starts = tqdm(range(0, n, size), disable=not progress or size >= n, desc="generate (batches)", leave=False)
+    for start in starts:
         idx = order[start : start + size] if size < n else list(range(n))
         chunk_perts = [p.select(torch.tensor(idx, device=p.delta.device)) for p in perturbations]
         parts.append((idx, _generate_batch(

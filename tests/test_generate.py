@@ -163,3 +163,12 @@ def test_fast_weight_layout_changes_nothing_but_memory_order(model64):
             fast = model64(tokens)
     assert torch.equal(ref, fast)
     assert all(p.is_contiguous() for p in model64.parameters())
+
+
+def test_progress_bar_over_tokens_for_one_batch_and_over_batches_for_several(model64, capsys):
+    generate(model64, PROMPTS, max_new_tokens=3, stop_token_ids=(), progress=True)
+    one = capsys.readouterr().err
+    generate(model64, PROMPTS, max_new_tokens=3, stop_token_ids=(), progress=True, batch_size=2)
+    several = capsys.readouterr().err
+    generate(model64, PROMPTS, max_new_tokens=3, stop_token_ids=(), batch_size=2)
+    assert "generate:" in one and "generate (batches)" in several and capsys.readouterr().err == ""

@@ -130,10 +130,10 @@ def run_refusal(model, saes: Mapping[str, object], config: RefusalConfig, harmfu
     log(f"[refusal] defense: {found.describe()} {stamp()}")
 
     gb, mnt = config.gen_batch, rc.max_new_tokens
-    base_texts, base_labels, prompt_ids, answer_ids = generate_and_judge(model, evaluate, None, mnt, gb)
-    def_texts, def_labels, _, _ = generate_and_judge(model, evaluate, defense, mnt, gb)
-    _, harmless_base, _, _ = generate_and_judge(model, eval_harmless, None, mnt, gb)
-    harmless_texts, harmless_def, _, _ = generate_and_judge(model, eval_harmless, defense, mnt, gb)
+    base_texts, base_labels, prompt_ids, answer_ids = generate_and_judge(model, evaluate, None, mnt, gb, True)
+    def_texts, def_labels, _, _ = generate_and_judge(model, evaluate, defense, mnt, gb, True)
+    _, harmless_base, _, _ = generate_and_judge(model, eval_harmless, None, mnt, gb, True)
+    harmless_texts, harmless_def, _, _ = generate_and_judge(model, eval_harmless, defense, mnt, gb, True)
     valid_rows = [i for i in range(len(evaluate)) if complies(base_labels[i]) and def_labels[i] == "refusal"]
     log(f"[refusal] undefended complies {sum(map(complies, base_labels))}/{len(evaluate)}, defended refuses "
         f"{sum(lab == 'refusal' for lab in def_labels)}/{len(evaluate)}, valid {len(valid_rows)}; harmless refused "

@@ -124,10 +124,11 @@ def judge_texts(requests: Sequence[str], texts: Sequence[str], base_texts: Seque
 
 
 def generate_and_judge(model, requests: Sequence[str], defense, max_new_tokens: int, batch_size: int,
-                       ) -> tuple[list[str], list[str], list[list[int]], list[list[int]]]:
+                       progress: bool = False) -> tuple[list[str], list[str], list[list[int]], list[list[int]]]:
     """(texts, labels, prompt ids, answer ids) of greedy generation from the chat prompts."""
     prompts = [chat_prompt(r) for r in requests]
-    gen = generate(model, prompts, max_new_tokens=max_new_tokens, defense=defense, batch_size=batch_size)
+    gen = generate(model, prompts, max_new_tokens=max_new_tokens, defense=defense, batch_size=batch_size,
+                   progress=progress)
     labels = [judge(t, prompt=r).label for t, r in zip(gen.texts, requests, strict=True)]
     prompt_ids = [gen.tokens[i, : gen.prompt_lengths[i]].tolist() for i in range(len(gen))]
     answer_ids = [gen.answer_tokens(i) for i in range(len(gen))]
