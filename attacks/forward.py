@@ -134,12 +134,7 @@ class DefendedForward:
             return None
         key = (tuple(rows.tolist()), p0)
         if key != self._cache_key:
-            entries = [
-                TransformerLensKeyValueCacheEntry(k[rows, :p0], v[rows, :p0], frozen=True)
-                for k, v in zip(self.keys, self.values, strict=True)
-            ]
-            ones = torch.ones(len(rows), p0, dtype=torch.int, device=self.batch.tokens.device)
-            self._cache = TransformerLensKeyValueCache(entries, ones, frozen=True)
+            self._cache = frozen_cache(self.keys, self.values, rows, p0)
             self._cache_key = key
         return self._cache
 
@@ -173,6 +168,16 @@ class DefendedForward:
 
     def monitor_mask(self, rows: torch.Tensor, offset: int) -> torch.Tensor:
         return self.monitor_valid[rows, offset:]
+
+
+def frozen_cache(keys: list[torch.Tensor], values: list[torch.Tensor], rows: torch.Tensor,
+                 length: int) -> TransformerLensKeyValueCache:
+    """A read-only cache of positions [0, length) of batch rows ``rows``, from per-layer keys and
+    values [batch, pos, ...]: a forward given it reads it and appends nothing."""
+    entries = [TransformerLensKeyValueCacheEntry(k[rows, :length], v[rows, :length], frozen=True)
+               for k, v in zip(keys, values, strict=True)]
+    ones = torch.ones(len(rows), length, dtype=torch.int, device=rows.device)
+    return TransformerLensKeyValueCache(entries, ones, frozen=True)
 
 
 def full_forward(model, defense, batch: AttackBatch, perturbations: list[Perturbation], monitored=(),

@@ -36,8 +36,8 @@ from typing import Any, ClassVar
 import torch
 from tqdm.auto import tqdm
 from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
-from transformer_lens.cache.key_value_cache_entry import TransformerLensKeyValueCacheEntry
 
+from attacks.forward import frozen_cache
 from attacks.perturbation import Perturbation
 from guard.errors import ToolkitError
 
@@ -207,11 +207,7 @@ class _Prefix:
     values: list[torch.Tensor]
 
     def cache(self, rows: torch.Tensor) -> TransformerLensKeyValueCache:
-        """A frozen cache for examples ``rows`` (the forward reads it and leaves it as it is)."""
-        entries = [TransformerLensKeyValueCacheEntry(k[rows], v[rows], frozen=True)
-                   for k, v in zip(self.keys, self.values, strict=True)]
-        ones = torch.ones((len(rows), self.length), dtype=torch.int, device=rows.device)
-        return TransformerLensKeyValueCache(entries, ones, frozen=True)
+        return frozen_cache(self.keys, self.values, rows, self.length)
 
 
 def _defended(model, defense):

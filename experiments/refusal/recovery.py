@@ -52,7 +52,7 @@ class RecoveryConfig:
     once the first of them beats every refusal opening and their mean log-probability is at
     least ``min_mean_logprob`` (-0.5 over 16 tokens: with -1.0 over 8 most attacks stopped
     after 2 steps and a quarter of their generations drifted back into a refusal or a loop);
-    the soft suffix stops by the same rule. max_new_tokens: generated tokens judged.
+    the soft suffix stops at the same mean log-probability. max_new_tokens: generated tokens judged.
     attack_batch: examples per attack batch. suffix_tokens, suffix_steps, suffix_lr: soft-suffix
     baseline. base_like_jaccard: base-likeness threshold.
     """
