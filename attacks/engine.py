@@ -1,7 +1,7 @@
 """The recovery attack engine: one template ``run`` with small hooks for the step.
 
 Source: post-intervention recovery (Cui, Shen, Yang, arXiv 2606.18322, section 2 of
-METHOD.md), rebuilt to fix the reference implementation's flaws: delta itself is
+docs/METHOD.md), rebuilt to fix the reference implementation's flaws: delta itself is
 re-projected after every step (not only the gradient), cross-layer constraints are real
 (Jacobian null-space projection with restoration, or an augmented Lagrangian), examples are
 optimised together with their own deltas, budgets and stops, and every step starts at the
@@ -26,6 +26,7 @@ Example::
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from dataclasses import asdict, dataclass, field
@@ -43,6 +44,7 @@ from attacks.projection import nullspace_step, orthogonality_ratio, scale_to
 from attacks.threat import BoundThreat, CrossLayer, CrossLayerMethod, Norm, Scope, ThreatModel
 from guard.base import Defense
 from guard.errors import ToolkitError
+from guard.sae_ops import straight_through
 
 MAX_JACOBIAN_BYTES = 2 * 2**30  # one batched vector-Jacobian product holds m x [batch, pos, d_model]
 
@@ -60,6 +62,12 @@ class AttackConfig:
         stop_margin: an example stops once it succeeds with this margin to spare (so the
             final independent check, which uses margin 0, is not flipped by float noise).
         reuse_prefix: cache keys/values before the first perturbed position.
+        detector_weight: weight of the defense's own detector score in the loss (a defense with
+            ``excess(valid=)`` and ``flags(valid=)``, e.g. the error monitor; ``valid`` masks padding):
+            the attacker also minimises ``relu(score - tau)``.
+            Whatever the weight, a flagged example never counts as recovered.
+        straight_through: differentiate inactive SAE latents as if linear (``guard.sae_ops.straight_through``),
+            for defenses whose path runs through latents below their JumpReLU threshold.
     """
 
     name: ClassVar[str] = "gradient"
@@ -70,10 +78,14 @@ class AttackConfig:
     seed: int = 0
     stop_margin: float = 1e-2
     reuse_prefix: bool = True
+    detector_weight: float = 0.0
+    straight_through: bool = False
 
     def __post_init__(self) -> None:
         if self.steps < 0 or self.restarts < 0:
             raise ToolkitError(f"attack {self.name!r}: steps and restarts must be >= 0")
+        if not math.isfinite(self.detector_weight) or self.detector_weight < 0:
+            raise ToolkitError(f"attack {self.name!r}: detector_weight must be finite and >= 0")
         if self.optimizer not in ("adam", "sgd"):
             raise ToolkitError(f"attack {self.name!r}: optimizer must be 'adam' or 'sgd', got {self.optimizer!r}")
 
@@ -95,7 +107,10 @@ class AttackResult:
     perturbed positions and sites; relative_norm: the same divided by ||h_def||.
     orthogonality: max ``||W_enc[:,S]^T delta|| / (||W_enc[:,S]||_2 ||delta||)`` over
     defended perturbed sites (nan where none is defended). drift, floor_violation,
-    reactivation: METHOD.md metrics over the monitored defended latents.
+    reactivation: metrics over the monitored defended latents (docs/METHOD.md, section 3).
+    grad_norm: norm of the projected gradient at the attack's first step (nan where no gradient step
+    ran). claimed: the search's own success before the independent check (``claimed & ~success``
+    is a disagreement). flagged: the defense's detector flagged the final input (False without one).
     """
 
     attack: str
@@ -113,6 +128,9 @@ class AttackResult:
     reactivation: torch.Tensor
     perturbations: tuple[Perturbation, ...]
     wall_seconds: float
+    grad_norm: torch.Tensor
+    claimed: torch.Tensor
+    flagged: torch.Tensor
     flags: tuple[str, ...] = field(default_factory=tuple)
 
     @property
@@ -136,7 +154,8 @@ class AttackResult:
             "examples": {
                 k: _listed(getattr(self, k))
                 for k in ("success", "score", "defended_score", "steps", "delta_norm", "relative_norm",
-                          "orthogonality", "drift", "floor_violation", "reactivation")
+                          "orthogonality", "drift", "floor_violation", "reactivation", "grad_norm", "claimed",
+                          "flagged")
             },
         }
 
@@ -159,6 +178,7 @@ class RunContext:
     masks: dict[str, torch.Tensor]  # bool [batch, pos]
     generator: torch.Generator
     flags: set[str]
+    grad_norm: torch.Tensor  # [batch], nan until a row's first gradient step
 
     @property
     def sites(self) -> tuple[str, ...]:
@@ -193,11 +213,16 @@ class RecoveryAttack:
         return self.config.name
 
     # -- hooks for subclasses ----------------------------------------------------------------
-    def init_delta(self, ctx: RunContext, rows: torch.Tensor, restart: int) -> dict[str, torch.Tensor]:
-        """Restart 0 starts at delta = 0 (the defended state); later ones at a random feasible point."""
-        if restart == 0:
+    def init_delta(self, ctx: RunContext, rows: torch.Tensor, restart: int,
+                   init: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+        """Restart 0 starts at ``init`` (projected into the threat set) or delta = 0 (the defended
+        state); later restarts at a random feasible point."""
+        if restart > 0:
+            return random_feasible(ctx, rows, full=False)
+        if init is None:
             return {s: torch.zeros_like(ctx.forward.start_resid[rows]) for s in ctx.sites}
-        return random_feasible(ctx, rows, full=False)
+        return {s: ctx.bound.project(s, init[s][rows].to(ctx.forward.start_resid.dtype), ctx.masks[s][rows],
+                                     ctx.radius[s][rows]) for s in ctx.sites}
 
     def init_state(self, ctx: RunContext, rows: torch.Tensor, deltas: dict[str, torch.Tensor]) -> _State:
         return _State()
@@ -210,22 +235,41 @@ class RecoveryAttack:
     def _drift_threshold(self) -> float:
         return self.constraint.drift_threshold if isinstance(self.constraint, CrossLayer) else math.inf
 
+    def _detector(self) -> bool:
+        return hasattr(self.defense, "excess")
+
+    @staticmethod
+    def _real(batch: AttackBatch, rows: torch.Tensor, out: StepOutput) -> torch.Tensor:
+        """Bool [n, T - offset]: the real (not padding) tokens of the rows in a search forward."""
+        return batch.valid()[rows, out.offset:]
+
+    def _search_context(self):
+        return straight_through() if self.config.straight_through else contextlib.nullcontext()
+
     def run(self, batch: AttackBatch, budget: torch.Tensor | None = None,
-            rows: torch.Tensor | None = None, progress: bool = False) -> AttackResult:
+            rows: torch.Tensor | None = None, progress: bool = False,
+            init: dict[str, torch.Tensor] | None = None) -> AttackResult:
         """Attack the examples of ``batch`` (only ``rows`` if given: the others are reported not
         recovered, with 0 steps); ``budget`` optionally overrides the threat's budget per example [batch];
-        ``progress`` shows a progress bar over steps with the number of examples still running."""
+        ``init`` {site: [batch, pos, d_model]} is where restart 0 starts (e.g. an earlier stage's best
+        delta); ``progress`` shows a progress bar over steps with the number of examples still running."""
+        with self._search_context():
+            return self._run(batch, budget, rows, progress, init)
+
+    def _run(self, batch, budget, rows, progress, init) -> AttackResult:
         start = time.perf_counter()
         cfg, objective = self.config, self.objective
         fwd = DefendedForward(self.model, self.bound, batch, objective.readout(batch), cfg.reuse_prefix)
         masks = fwd.masks
         radius = {s: self.bound.radius(s, fwd.resid_def[s], masks[s], budget) for s in self.bound.sites}
         gen = torch.Generator(device=batch.tokens.device).manual_seed(cfg.seed)
-        ctx = RunContext(fwd, self.bound, radius, masks, gen, set())
+        ctx = RunContext(fwd, self.bound, radius, masks, gen, set(),
+                         torch.full((batch.size,), math.nan, device=batch.tokens.device))
         n = batch.size
         best = {s: torch.zeros_like(fwd.start_resid) for s in self.bound.sites}
-        best_score = torch.full((n,), -math.inf, device=batch.tokens.device)
-        defended_score = torch.full((n,), math.nan, device=batch.tokens.device)
+        dtype = fwd.start_resid.dtype  # scores come in the model's dtype (float64 models included)
+        best_score = torch.full((n,), -math.inf, device=batch.tokens.device, dtype=dtype)
+        defended_score = torch.full((n,), math.nan, device=batch.tokens.device, dtype=dtype)
         success = torch.zeros(n, dtype=torch.bool, device=batch.tokens.device)
         steps_used = torch.zeros(n, dtype=torch.long, device=batch.tokens.device)
         tau = self._drift_threshold()
@@ -239,7 +283,7 @@ class RecoveryAttack:
             rows = (~success & selected).nonzero().flatten()
             if rows.numel() == 0:
                 break
-            deltas = self.init_delta(ctx, rows, restart)
+            deltas = self.init_delta(ctx, rows, restart, init)
             state = self.init_state(ctx, rows, deltas)
             for step in range(cfg.steps + 1):
                 bar.set_postfix(running=len(rows), restart=restart)
@@ -252,6 +296,8 @@ class RecoveryAttack:
                     drift = metrics.relative_drift(out.latents, fwd.baseline_latents(rows, out.offset),
                                                    fwd.monitor_mask(rows, out.offset))
                 feasible = drift.detach() <= tau
+                if self._detector():  # a flagged input is no recovery, whatever the objective says
+                    feasible = feasible & (self.defense.excess(valid=self._real(batch, rows, out)).detach() <= 0)
                 ok = objective.success(out.logits.detach(), rows, cfg.stop_margin) & feasible
                 if restart == 0 and step == 0:
                     defended_score[rows] = score.detach()
@@ -276,16 +322,23 @@ class RecoveryAttack:
 
     @torch.no_grad()
     def _finish(self, batch, ctx, best, success, defended_score, steps_used, start) -> AttackResult:
-        """Independent check: an ordinary full forward from token 0 with the best deltas."""
+        """Independent check: an ordinary full forward from token 0 with the best deltas (exact
+        gradients: no straight-through), the detector's flags read from that forward."""
         fwd, objective = ctx.forward, self.objective
         perts = tuple(Perturbation(s, best[s], ctx.masks[s]) for s in ctx.sites)
+        self.defense.reset()
         picked, latents = full_forward(self.model, self.defense, batch, list(perts), self.bound.monitored,
                                        readout=objective.readout(batch))
+        detected = self.defense.flags(valid=batch.valid()) if self._detector() else self.defense.flags()
+        self.defense.reset()
+        flagged = torch.zeros(batch.size, dtype=torch.bool, device=batch.tokens.device)
+        if detected is not None:
+            flagged = detected.bool().to(flagged.device)
         rows = torch.arange(batch.size, device=batch.tokens.device)
         score = objective.score(picked, rows)
         valid = fwd.monitor_valid
         drift = metrics.relative_drift(latents, fwd.latents0, valid)
-        verified = objective.success(picked, rows) & (drift <= self._drift_threshold())
+        verified = objective.success(picked, rows) & (drift <= self._drift_threshold()) & ~flagged
         if (success & ~verified).any():
             ctx.flags.add("verification_disagrees")
         norms = torch.stack([p.norms().amax(dim=1) for p in perts]).amax(dim=0)
@@ -306,6 +359,9 @@ class RecoveryAttack:
             reactivation=metrics.reactivation(latents, fwd.latents0, valid),
             perturbations=perts,
             wall_seconds=time.perf_counter() - start,
+            grad_norm=ctx.grad_norm,
+            claimed=success,
+            flagged=flagged,
             flags=tuple(sorted(ctx.flags)),
         )
 
@@ -375,6 +431,8 @@ class GradientRecovery(RecoveryAttack):
     def step(self, ctx, rows, deltas, out, score, drift, state):
         cfg, sites = self.config, ctx.sites
         loss = self.objective.loss(score, rows)
+        if cfg.detector_weight > 0 and self._detector():
+            loss = loss + cfg.detector_weight * self.defense.excess(valid=self._real(ctx.forward.batch, rows, out))
         if self._lagrangian_method():
             # inequality drift <= tau: (rho/2) max(0, g + mu/rho)^2, multipliers updated by dual ascent
             rho, g = self.constraint.penalty, drift - self.constraint.drift_threshold
@@ -385,12 +443,15 @@ class GradientRecovery(RecoveryAttack):
         grads = torch.autograd.grad(loss.sum(), [deltas[s] for s in sites], retain_graph=jac)
         state["t"] = state["t"] + 1
         updates = {}
+        first = torch.isnan(ctx.grad_norm[rows])
+        norms = torch.zeros(len(rows), device=rows.device)
         for s, g in zip(sites, grads, strict=True):
             mask = ctx.masks[s][rows]
             g = g * mask[..., None].to(g.dtype)
             proj = ctx.bound.projectors[s]
             if proj is not None:
                 g = proj(g)
+            norms = norms + g.flatten(1).norm(dim=1).square().float()
             if state["t"][0] == 1 and (g.flatten(1).norm(dim=1) == 0).any():
                 ctx.flags.add("zero_gradient")
             u = self._direction(s, g, mask, state)
@@ -398,6 +459,7 @@ class GradientRecovery(RecoveryAttack):
             scale = r[..., None] if r.ndim == 2 else (r / mask.sum(dim=1).clamp_min(1).sqrt())[:, None, None]
             u = -cfg.step_size * scale * u
             updates[s] = proj(u) if proj is not None else u
+        ctx.grad_norm[rows[first]] = norms[first].sqrt()
         if jac:
             updates = self._jacobian_correction(ctx, rows, deltas, constrained, updates)
         return {s: ctx.bound.project(s, deltas[s].detach() + updates[s], ctx.masks[s][rows], ctx.radius[s][rows])

@@ -1,4 +1,4 @@
-"""Constraint-cost metrics of a recovery, as METHOD.md section 3 defines them.
+"""Constraint-cost metrics of a recovery, as docs/METHOD.md section 3 defines them.
 
 All take the defense-input latents of the monitored defended sites for the attacked run
 (``latents``) and the un-attacked defended run (``baseline``), one [batch, pos, |S|]

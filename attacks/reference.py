@@ -1,6 +1,6 @@
 """A faithful re-implementation of the reference recovery loop, for benchmarking only.
 
-It reproduces the reference implementation's structure and flaws (METHOD.md section 5) so
+It reproduces the reference implementation's structure and flaws (docs/METHOD.md section 5) so
 the benchmark compares like with like: one example at a time (batch 1), a full forward
 from token 0 every step, the encoder constraint applied to the GRADIENT by a ridge
 least-squares solve per perturbed row per step, Adam on that projected gradient, an L2

@@ -20,6 +20,9 @@ from certify.config import SuiteConfig, load_config_file, resolve_config
 from guard.errors import ToolkitError
 
 RUN_FILE = "run.json"
+RECORDS_FILE = "records.jsonl"
+# what write_outputs writes besides summary.json / summary.csv (moved aside by a fresh run)
+OUTPUT_FILES = ("table.md", "flags.json", "bypass_vs_budget.png", "utility_vs_bypass.png", "report.html")
 
 
 def _utility_to_json(utility: Mapping[Any, float | None]) -> list[dict[str, Any]]:
@@ -38,73 +41,190 @@ def _utility_from_json(items: Sequence[dict[str, Any]]) -> dict[Any, float | Non
 def write_outputs(out: Path, records: list[dict[str, Any]], *, utility: Mapping[Any, float | None],
                   reference: str | None, alpha: float, notes: Sequence[str] = (),
                   config: Mapping[str, Any] | None = None, show_completions: bool = False,
-                  run_info: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """Summary, checks, plots and report of ``records`` into ``out``; returns what was written."""
-    from certify.checks import run_checks
+                  run_info: Mapping[str, Any] | None = None,
+                  provenance: Mapping[str, Any] | None = None, required_checks: Sequence[str] = (),
+                  verified: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """Summary, checks, plots and report of ``records`` into ``out``; returns what was written.
+
+    Every file is written atomically (a reader sees the old file or the new one). No records:
+    a ToolkitError, and the outputs stay as they were rather than being replaced by empty ones.
+    ``provenance`` goes into summary.json (default: one built from ``config`` alone).
+    flags.json lists every check with its status (``required_checks`` that cannot be evaluated
+    are errors); ``verified`` maps a defense to its attack-unit-test status (certify.selftest).
+    """
+    from certify.checks import evaluate_checks, sorted_flags
     from certify.files import write_json_atomic, write_text_atomic
     from certify.plots import plot_bypass_vs_budget, plot_utility_vs_bypass
+    from certify.provenance import build_provenance
     from certify.report import write_report
-    from certify.summary import markdown_table, summarize, write_summary
+    from certify.schema import write_summary_file
+    from certify.stats import confidence_label
+    from certify.summary import markdown_table, summarize
 
-    rows = summarize(records, utility, reference, alpha)
-    flags = run_checks(records, rows)
-    write_summary(rows, out)
+    if not records:
+        raise ToolkitError(f"{out}: the run has no records; the outputs there were left as they are")
+    rows = summarize(records, utility, reference, alpha,
+                     verified=None if not verified else {d: s == "verified" for d, s in verified.items()})
+    checks = evaluate_checks(records, rows, required_checks)
+    flags = sorted_flags(checks)
+    if provenance is None:
+        provenance = build_provenance(config or {}, {}, None, None, (config or {}).get("device"))
+    write_summary_file(out, rows, provenance)
     table = markdown_table(rows)
     write_text_atomic(out / "table.md", table + "\n")
-    write_json_atomic(out / "flags.json", [f.to_dict() for f in flags])
+    write_json_atomic(out / "flags.json", {"checks": [c.to_dict() for c in checks],
+                                           "flags": [f.to_dict() for f in flags],
+                                           "verified": dict(verified or {})})
     images = {
-        "Bypass rate against budget (bands: 95% Clopper-Pearson)": plot_bypass_vs_budget(rows, out / "bypass_vs_budget.png"),
+        f"Bypass rate against budget (bands: {confidence_label(alpha)} Clopper-Pearson)":
+            plot_bypass_vs_budget(rows, out / "bypass_vs_budget.png"),
         "Utility cost against bypass rate": plot_utility_vs_bypass(rows, out / "utility_vs_bypass.png"),
     }
     write_report(out / "report.html", rows, flags, config=config, notes=notes, images=images, records=records,
-                 show_completions=show_completions, run_info=run_info)
-    return {"rows": rows, "flags": flags, "table": table}
+                 show_completions=show_completions, run_info=run_info, checks=checks)
+    return {"rows": rows, "flags": flags, "checks": checks, "table": table}
 
 
-def run(config: SuiteConfig) -> dict[str, Any]:
-    """Evaluate ``config`` (resuming from its output directory) and write every output."""
-    from certify.files import write_json_atomic
+def run(config: SuiteConfig, fresh: bool = False) -> dict[str, Any]:
+    """Evaluate ``config`` (resuming from its output directory) and write every output.
+
+    OUT is locked (``OUT/.lock``) from before planning until the last output is written: a
+    second run there fails at once. A run already in OUT is resumed only if it is this run:
+    the config fields that shape records are compared before planning (a changed option costs
+    nothing, no model is loaded), the resolved config, the plan's fingerprint and its work units
+    after planning, before any unit runs. Anything else is refused, naming what differs.
+    ``fresh``: move the earlier run's files into ``OUT/previous-<UTC time>/`` and start over.
+    """
+    from certify.files import OutLock, move_aside, remove_stale_temps, write_json_atomic
+    from certify.provenance import (
+        build_provenance,
+        config_sha256,
+        describe_device,
+        json_data,
+        now_iso,
+        require_same,
+    )
     from certify.records import RecordStore
     from certify.runner import run_suite, unit_key
+    from certify.schema import SCHEMA_VERSION, SUMMARY_CSV, SUMMARY_JSON, read_run_file
     from certify.suites import get_suite
 
-    plan = get_suite(config.suite).plan(config)
-    config = plan.config
+    suite = get_suite(config.suite)
     out = Path(config.out)
-    with RecordStore(out / "records.jsonl") as store:
-        if store.truncated_bytes:
-            print(f"resuming: dropped {store.truncated_bytes} bytes of an interrupted write", file=sys.stderr)
-        stats = run_suite(plan.units, plan.evaluate_unit, store, progress=config.progress, desc=config.suite)
-        records = store.records(units=[unit_key(u) for u in plan.units])
-    utility = _utility_to_json(plan.utility)
-    write_json_atomic(out / RUN_FILE, {"config": config.to_dict(), "utility": utility, "reference": plan.reference,
-                                       "notes": list(plan.notes), "units": [unit_key(u) for u in plan.units]})
-    written = write_outputs(out, records, utility=plan.utility, reference=plan.reference, alpha=config.alpha,
-                            notes=plan.notes, config=config.to_dict(), show_completions=config.show_completions,
-                            run_info=stats.to_dict())
+    records_path = out / RECORDS_FILE
+    with OutLock(out):
+        remove_stale_temps(out)
+        previous = None if fresh else read_run_file(out / RUN_FILE)
+        if previous is None and not fresh and records_path.is_file() and records_path.stat().st_size:
+            raise ToolkitError(f"{out} holds {RECORDS_FILE} but no {RUN_FILE}, so which run wrote those records "
+                               "cannot be checked; use --fresh to start a new run there or choose another --out")
+        if previous is not None:  # before planning: only the fields given, the rest are the suite's defaults
+            given = {k: v for k, v in suite.record_config(config).items() if getattr(config, k, None) is not None}
+            stored = suite.record_config(previous["config"])
+            require_same(out, "config", {k: stored[k] for k in given if k in stored}, given)
+
+        plan = suite.plan(config)
+        config = plan.config
+        keys = [unit_key(u) for u in plan.units]
+        record_config = suite.record_config(config)
+        fingerprint = json_data(plan.fingerprint, f"suite {suite.name!r}: the plan's fingerprint")
+        if previous is not None:
+            require_same(out, "config", suite.record_config(previous["config"]), record_config)
+            if "fingerprint" not in previous:
+                raise ToolkitError(f"{out} holds a run from an earlier toolkit version, without a fingerprint of its "
+                                   "data and weights; use --fresh to start a new run there or choose another --out")
+            require_same(out, "plan fingerprint (data, weights, selected latents or attack)",
+                         {"fingerprint": previous["fingerprint"]}, {"fingerprint": fingerprint})
+            if previous["units"] != keys:
+                gone, new = set(previous["units"]) - set(keys), set(keys) - set(previous["units"])
+                raise ToolkitError(f"{out} holds a run with different work units ({len(gone)} of its "
+                                   f"{len(previous['units'])} are not in this plan, {len(new)} of this plan's "
+                                   f"{len(keys)} are new); use --fresh to start a new run there or choose another --out")
+        elif fresh:
+            aside = move_aside(out, (RUN_FILE, RECORDS_FILE, SUMMARY_JSON, SUMMARY_CSV, *OUTPUT_FILES))
+            if aside is not None:
+                print(f"fresh run: moved the earlier run's files to {aside}", file=sys.stderr)
+
+        started = (previous or {}).get("started") or now_iso()
+        meta = {"schema_version": SCHEMA_VERSION, "status": "running", "config": config.to_dict(),
+                "record_config": record_config, "config_sha256": config_sha256(record_config),
+                "fingerprint": fingerprint, "fingerprint_sha256": config_sha256(fingerprint), "units": keys,
+                "utility": _utility_to_json(plan.utility), "reference": plan.reference, "notes": list(plan.notes),
+                "required_checks": list(plan.required_checks), "verified": dict(plan.verified),
+                "started": started, "finished": None}
+        with RecordStore(records_path) as store:
+            if store.truncated_bytes:
+                print(f"resuming: dropped {store.truncated_bytes} bytes of an interrupted write", file=sys.stderr)
+            foreign = store.done_units - set(keys)
+            if foreign:
+                raise ToolkitError(f"{records_path} holds {len(foreign)} work units that are not in this run's plan "
+                                   f"(e.g. {sorted(foreign)[0]}); use --fresh to start a new run there or choose "
+                                   "another --out")
+            write_json_atomic(out / RUN_FILE, meta)  # before the first unit: the records always have their run file
+            stats = run_suite(plan.units, plan.evaluate_unit, store, progress=config.progress, desc=config.suite,
+                              redact=not config.show_completions)
+            records = store.records(units=keys)
+        finished = now_iso()
+        provenance = build_provenance(record_config, fingerprint, started, finished, describe_device(config.device))
+        written = write_outputs(out, records, utility=plan.utility, reference=plan.reference, alpha=config.alpha,
+                                notes=plan.notes, config=config.to_dict(), show_completions=config.show_completions,
+                                run_info=stats.to_dict(), provenance=provenance,
+                                required_checks=plan.required_checks, verified=plan.verified)
+        write_json_atomic(out / RUN_FILE, {**meta, "status": "complete", "finished": finished,
+                                           "empty_units": list(stats.empty_units), "provenance": provenance,
+                                           "run_info": stats.to_dict()})
     severities = [f.severity for f in written["flags"]]
     return {
         "table": written["table"],
         "result": {"out": str(out), "suite": config.suite, "n_units": stats.n_units, "evaluated": stats.n_evaluated,
                    "skipped": stats.n_skipped, "n_records": len(records), "n_rows": len(written["rows"]),
                    "flags": {s: severities.count(s) for s in ("error", "warning", "info")},
+                   "checks": {s: [c.status for c in written["checks"]].count(s) for s in ("ok", "raised", "not_applicable")},
                    "report": str(out / "report.html")},
     }
 
 
 def rerender(out: Path, show_completions: bool = False) -> dict[str, Any]:
-    """Rebuild summary, plots and report from ``out``'s records and run file."""
-    from certify.records import RecordStore
+    """Rebuild summary, plots and report from ``out``'s records and run file.
 
+    Holds OUT's lock, reads the records without changing them, and refuses (outputs left as
+    they are) when records.jsonl is missing or holds fewer complete units than run.json lists.
+    """
+    from certify.files import OutLock, remove_stale_temps
+    from certify.provenance import build_provenance
+    from certify.records import RecordStore
+    from certify.schema import read_run_file
+
+    out = Path(out)
     run_file = out / RUN_FILE
     if not run_file.is_file():
         raise ToolkitError(f"certify report: {run_file} not found; run 'python -m certify run --out {out}' first")
-    meta = json.loads(run_file.read_text())
-    with RecordStore(out / "records.jsonl") as store:
-        records = store.records(units=meta["units"])
-    written = write_outputs(out, records, utility=_utility_from_json(meta["utility"]), reference=meta["reference"],
-                            alpha=meta["config"]["alpha"], notes=meta["notes"], config=meta["config"],
-                            show_completions=show_completions)
+    with OutLock(out):
+        remove_stale_temps(out)
+        meta = read_run_file(run_file)
+        records_path = out / RECORDS_FILE
+        if not records_path.is_file():
+            raise ToolkitError(f"certify report: {records_path} not found, so there is nothing to report; the "
+                               f"outputs in {out} were left as they are")
+        units = meta["units"]
+        with RecordStore(records_path, readonly=True) as store:
+            done = store.done_units
+            records = store.records(units=units)
+        empty = set(meta.get("empty_units") or ())
+        missing = [u for u in units if u not in done and u not in empty]
+        if missing:
+            raise ToolkitError(f"certify report: {records_path} holds {len(units) - len(missing)} of the {len(units)} "
+                               f"work units {run_file.name} lists; finish the run first (the same 'python -m certify "
+                               f"run' command resumes it); the outputs in {out} were left as they are")
+        config = meta["config"]
+        provenance = meta.get("provenance") or build_provenance(
+            meta.get("record_config", config), meta.get("fingerprint"), meta.get("started"), meta.get("finished"),
+            config.get("device"))
+        written = write_outputs(out, records, utility=_utility_from_json(meta["utility"]), reference=meta["reference"],
+                                alpha=config["alpha"], notes=meta["notes"], config=config,
+                                show_completions=show_completions, run_info=meta.get("run_info"),
+                                provenance=provenance, required_checks=meta.get("required_checks", ()),
+                                verified=meta.get("verified"))
     return {"table": written["table"], "result": {"out": str(out), "n_records": len(records),
                                                   "report": str(out / "report.html")}}
 
@@ -115,7 +235,10 @@ def _option(text: str) -> tuple[str, Any]:
         raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
     import yaml
 
-    return key.strip(), yaml.safe_load(value)
+    try:
+        return key.strip(), yaml.safe_load(value)
+    except yaml.YAMLError:  # not YAML: keep the text; the suite's option check says if a string is wrong
+        return key.strip(), value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -123,6 +246,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m certify",
         description="Adaptive evaluation of latent-space defenses: bypass rates with exact intervals, paired "
                     "tests, sanity flags and a self-contained HTML report.")
+    parser.add_argument("--debug", action="store_true", help="show the traceback of an input error")
     sub = parser.add_subparsers(dest="command", required=True)
     run_p = sub.add_parser("run", help="evaluate a suite (resumable) and write records, summary and report",
                            description="Evaluate a suite into --out. Rerunning the same command after an "
@@ -145,10 +269,15 @@ def build_parser() -> argparse.ArgumentParser:
                        help="include model completions in the report (redacted by default)")
     run_p.add_argument("--no-progress", dest="progress", action="store_false", default=None,
                        help="no progress bars")
+    run_p.add_argument("--fresh", action="store_true",
+                       help="move an earlier run in --out aside into previous-<time>/ and start over")
     rep_p = sub.add_parser("report", help="re-render summary, plots and report from an output directory")
     rep_p.add_argument("--out", type=Path, required=True, help="output directory of an earlier run")
     rep_p.add_argument("--show-completions", action="store_true", help="include model completions")
-    sub.add_parser("list", help="list the registered suites")
+    list_p = sub.add_parser("list", help="list the registered suites")
+    for p in (run_p, rep_p, list_p):  # SUPPRESS: given before the command, --debug is not reset here
+        p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                       help="show the traceback of an input error instead of one 'error:' line")
     return parser
 
 
@@ -162,6 +291,8 @@ def config_from_args(args: argparse.Namespace) -> SuiteConfig:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from guard.validate import one_line, writable_dir
+
     args = build_parser().parse_args(argv)
     try:
         if args.command == "list":
@@ -171,9 +302,16 @@ def main(argv: Sequence[str] | None = None) -> int:
                 print(f"{suite.name}: {suite.description}")
             print(json.dumps({"suites": sorted(SUITES)}))
             return 0
-        outcome = run(config_from_args(args)) if args.command == "run" else rerender(args.out, args.show_completions)
+        if args.command == "run":
+            config = config_from_args(args)
+            writable_dir(config.out, "--out")  # before any model is loaded, not after the run
+            outcome = run(config, fresh=args.fresh)
+        else:
+            outcome = rerender(args.out, args.show_completions)
     except ToolkitError as err:
-        print(f"error: {err}", file=sys.stderr)
+        if args.debug:
+            raise
+        print(f"error: {one_line(err)}", file=sys.stderr)
         return 2
     print(outcome["table"])
     print(json.dumps(outcome["result"]))

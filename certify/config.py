@@ -17,12 +17,14 @@ Example (``run.toml``)::
 from __future__ import annotations
 
 import json
+import math
 import os
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
+from guard import validate
 from guard.errors import ToolkitError, unknown_name
 
 
@@ -59,8 +61,11 @@ class SuiteConfig:
         if self.n is not None and self.n < 1:
             raise ToolkitError(f"{where}: n (samples per setting) must be >= 1, got {self.n}")
         if self.budgets is not None:
-            if not self.budgets or any(b < 0 or b != b for b in self.budgets):
-                raise ToolkitError(f"{where}: budgets must be a non-empty list of numbers >= 0, got {self.budgets}")
+            if not self.budgets or any(not math.isfinite(b) or b < 0 for b in self.budgets):
+                raise ToolkitError(f"{where}: budgets must be a non-empty list of finite numbers >= 0, "
+                                   f"got {self.budgets}")
+        if not isinstance(self.seed, int) or self.seed < 0:
+            raise ToolkitError(f"{where}: seed must be an integer >= 0, got {self.seed!r}")
         if not 0 < self.alpha < 1:
             raise ToolkitError(f"{where}: alpha must lie in (0, 1), got {self.alpha}")
         for name in ("settings", "defenses"):
@@ -172,10 +177,10 @@ def _freeze(value: Any) -> Any:
 def load_config_file(path: str | os.PathLike[str]) -> dict[str, Any]:
     """The raw mapping in a ``.toml``, ``.yaml``/``.yml`` or ``.json`` config file."""
     path = Path(path)
-    if not path.is_file():
-        raise ToolkitError(f"certify config: no file {path}")
-    text = path.read_text()
     suffix = path.suffix.lower()
+    if suffix not in (".toml", ".yaml", ".yml", ".json"):
+        raise ToolkitError(f"certify config {path}: use a .toml, .yaml, .yml or .json file")
+    text = validate.text_file(path, "config file")
     try:
         if suffix == ".toml":
             import tomllib
@@ -185,17 +190,54 @@ def load_config_file(path: str | os.PathLike[str]) -> dict[str, Any]:
             import yaml
 
             data = yaml.safe_load(text) or {}
-        elif suffix == ".json":
-            data = json.loads(text)
         else:
-            raise ToolkitError(f"certify config {path}: use a .toml, .yaml, .yml or .json file")
-    except ToolkitError:
-        raise
+            data = json.loads(text)
     except Exception as err:  # parse errors of three libraries: one message naming the file
         raise ToolkitError(f"certify config {path}: cannot parse: {err}") from err
     if not isinstance(data, dict):
         raise ToolkitError(f"certify config {path}: top level must be a table of key = value")
+    if not data:  # comments only: running the full default suite is never what was meant
+        raise ToolkitError(f"config file {path} is empty (no keys)")
     return data
+
+
+def check_options(options: Mapping[str, Any], defaults: Mapping[str, Any], where: str,
+                  positive: Collection[str] = ()) -> dict[str, Any]:
+    """``defaults`` updated by ``options``, each value coerced to the type of its default.
+
+    Unknown keys raise with the closest names; numbers must be finite and >= 0 (keys in
+    ``positive``: >= 1), so ``steps=abc`` or ``steps=-5`` fails before any work instead of
+    deep inside it or, worse, reporting rates from 0 steps.
+    """
+    merged = dict(defaults)
+    for key, value in options.items():
+        if key not in defaults:
+            raise unknown_name("option", str(key), defaults, where)
+        merged[key] = _coerce(value, defaults[key], f"{where}: option {key!r}", 1 if key in positive else 0)
+    return merged
+
+
+def _coerce(value: Any, default: Any, name: str, minimum: int) -> Any:
+    """``value`` as the type of ``default`` (bool, int, float, str, or a list/tuple of them)."""
+    if isinstance(default, bool):
+        if not isinstance(value, bool):
+            raise ToolkitError(f"{name} must be true or false, got {value!r}")
+        return value
+    if isinstance(default, int):
+        return validate.integer(value, name, minimum=minimum)
+    if isinstance(default, float):
+        return validate.finite_number(value, name, low=minimum)
+    if isinstance(default, str):
+        if not isinstance(value, str):
+            raise ToolkitError(f"{name} must be a string, got {value!r}")
+        return value
+    if isinstance(default, tuple | list):
+        if isinstance(value, str) or not isinstance(value, Sequence):
+            raise ToolkitError(f"{name} must be a list, got {value!r}")
+        if default:
+            value = [_coerce(v, default[0], f"{name}[{i}]", minimum) for i, v in enumerate(value)]
+        return type(default)(value)
+    return value
 
 
 def resolve_config(file_data: Mapping[str, Any] | None = None, overrides: Mapping[str, Any] | None = None,

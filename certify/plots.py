@@ -6,12 +6,15 @@ Abstaining rows (n_valid == 0) are left out of the curves, never drawn as zero.
 
 from __future__ import annotations
 
+import io
 import os
 from collections import defaultdict
 from collections.abc import Iterable
 from pathlib import Path
 
-from certify.summary import SummaryRow
+from certify.files import write_bytes_atomic
+from certify.stats import confidence_label
+from certify.summary import SummaryRow, rows_alpha
 
 
 def _figure(n_panels: int, width: float = 5.0, height: float = 3.6):
@@ -25,10 +28,10 @@ def _figure(n_panels: int, width: float = 5.0, height: float = 3.6):
 
 
 def _save(fig, path: str | os.PathLike[str]) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    return path
+    """Render to memory, then write atomically: a killed run never leaves half a PNG."""
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
+    return write_bytes_atomic(path, buffer.getvalue())
 
 
 def _colors(defenses: Iterable[str]) -> dict[str, str]:
@@ -36,8 +39,12 @@ def _colors(defenses: Iterable[str]) -> dict[str, str]:
     return {d: f"C{i % 10}" for i, d in enumerate(sorted(set(defenses)))}
 
 
-def plot_bypass_vs_budget(rows: Iterable[SummaryRow], path: str | os.PathLike[str]) -> Path | None:
-    """One panel per setting: bypass rate against budget per defense, 95% CP bands. None if empty."""
+def plot_bypass_vs_budget(rows: Iterable[SummaryRow], path: str | os.PathLike[str],
+                          alpha: float | None = None) -> Path | None:
+    """One panel per setting: bypass rate against budget per defense, Clopper-Pearson bands at
+    the rows' confidence level (or ``alpha``'s). None if empty."""
+    rows = list(rows)
+    level = confidence_label(rows_alpha(rows, alpha))
     curves: dict[str, dict[str, list[SummaryRow]]] = defaultdict(lambda: defaultdict(list))
     for row in rows:
         if row.rate is not None:
@@ -53,7 +60,7 @@ def plot_bypass_vs_budget(rows: Iterable[SummaryRow], path: str | os.PathLike[st
             x = [r.budget for r in pts]
             ax.plot(x, [r.rate for r in pts], marker="o", label=defense, color=colors[defense])
             ax.fill_between(x, [r.ci_low for r in pts], [r.ci_high for r in pts], color=colors[defense], alpha=0.18)
-        ax.set_title(f"{setting}: bypass rate (95% Clopper-Pearson)")
+        ax.set_title(f"{setting}: bypass rate ({level} Clopper-Pearson)")
         ax.set_xlabel("budget (L2 radius of the perturbation ball)")
         ax.set_ylabel("recovered / valid")
         ax.set_ylim(-0.03, 1.03)
@@ -62,12 +69,15 @@ def plot_bypass_vs_budget(rows: Iterable[SummaryRow], path: str | os.PathLike[st
     return _save(fig, path)
 
 
-def plot_utility_vs_bypass(rows: Iterable[SummaryRow], path: str | os.PathLike[str]) -> Path | None:
+def plot_utility_vs_bypass(rows: Iterable[SummaryRow], path: str | os.PathLike[str],
+                           alpha: float | None = None) -> Path | None:
     """Utility cost (delta CE) against bypass rate at each defense's largest evaluated budget.
 
-    One color per defense, one marker shape per setting, the interval as an error bar. None if no row
-    has both a rate and a utility cost.
+    One color per defense, one marker shape per setting, the interval (at the rows' confidence
+    level, or ``alpha``'s) as an error bar. None if no row has both a rate and a utility cost.
     """
+    rows = list(rows)
+    level = confidence_label(rows_alpha(rows, alpha))
     last: dict[tuple[str, str], SummaryRow] = {}
     for row in rows:
         if row.rate is None or row.delta_ce is None:
@@ -87,7 +97,7 @@ def plot_utility_vs_bypass(rows: Iterable[SummaryRow], path: str | os.PathLike[s
                     label=f"{defense} / {setting} (budget {row.budget:g})")
         ax.annotate(defense, (row.delta_ce, row.rate), textcoords="offset points", xytext=(5, 4), fontsize=8)
     ax.set_xlabel("utility cost: delta CE on benign text (nats/token)")
-    ax.set_ylabel("bypass rate at the largest budget")
+    ax.set_ylabel(f"bypass rate at the largest budget ({level} CI)")
     ax.set_ylim(-0.03, 1.03)
     ax.set_title("utility cost against bypass (lower left is better)")
     ax.grid(alpha=0.3)

@@ -48,7 +48,9 @@ class RecordStore:
     """Per-sample records in ``path`` (JSONL), grouped by work unit; resumable.
 
     Opening the store takes an exclusive lock on the file (released when the process dies,
-    even by SIGKILL), so two runs never append to the same store.
+    even by SIGKILL), so two runs never append to the same store. ``readonly`` opens an
+    existing file without repairing it (a torn tail is skipped, not cut) and refuses writes:
+    for re-rendering a report, which must not change the run it reads.
 
     Example::
 
@@ -58,10 +60,18 @@ class RecordStore:
             records = store.records()
     """
 
-    def __init__(self, path: str | os.PathLike[str], lock: bool = True) -> None:
+    def __init__(self, path: str | os.PathLike[str], lock: bool = True, readonly: bool = False) -> None:
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        self.readonly = readonly
+        self._fd = -1
+        if readonly:
+            try:
+                self._fd = os.open(self.path, os.O_RDONLY)
+            except FileNotFoundError:
+                raise ToolkitError(f"record store: no file {self.path}") from None
+        else:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         if lock:
             self._lock()
         self._records: list[dict[str, Any]] = []
@@ -115,7 +125,7 @@ class RecordStore:
                 self._accept(group_unit, group)
                 group, good_end = [], pos
         removed = size - good_end
-        if removed:
+        if removed and not self.readonly:
             os.ftruncate(self._fd, good_end)
             os.fsync(self._fd)
         return removed
@@ -145,6 +155,8 @@ class RecordStore:
 
     def write_unit(self, unit: str, records: Sequence[dict[str, Any]]) -> None:
         """Append all records of one unit in one write, then fsync. Empty units write nothing."""
+        if self.readonly:
+            raise ToolkitError(f"record store {self.path}: opened read-only")
         if self.is_done(unit):
             raise ToolkitError(f"record store {self.path}: unit {unit!r} already has records")
         if not records:

@@ -2,13 +2,14 @@
 
 Every bypass rate carries k, n, alpha and an exact Clopper-Pearson interval; a rate over
 zero samples is an explicit abstain (rate None), never a silent zero. Two defenses run on
-the same samples are compared with McNemar's test on the discordant pairs.
+the same samples are compared with McNemar's test on the discordant pairs; many such tests in
+one run are corrected together with Holm-Bonferroni (``holm``).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 from fractions import Fraction
 from typing import Any
@@ -39,6 +40,12 @@ def _check_alpha(alpha: float, where: str) -> float:
     if not 0.0 < float(alpha) < 1.0:
         raise ToolkitError(f"{where}: alpha must lie in (0, 1), got {alpha!r}")
     return float(alpha)
+
+
+def confidence_label(alpha: float) -> str:
+    """The confidence level of ``alpha`` as shown to people: 0.05 -> "95%", 0.1 -> "90%", 0.005 -> "99.5%"."""
+    alpha = _check_alpha(alpha, "confidence_label")
+    return f"{round(100 * (1 - alpha), 6):g}%"
 
 
 def clopper_pearson(k: int, n: int, alpha: float = 0.05) -> tuple[float, float]:
@@ -97,8 +104,8 @@ class Rate:
     def __str__(self) -> str:
         if self.abstain:
             return "abstain (n=0)"
-        level = round(100 * (1 - self.alpha))
-        return f"{self.k}/{self.n} = {self.rate:.3f} [{self.ci_low:.3f}, {self.ci_high:.3f}] ({level}% CP)"
+        level = confidence_label(self.alpha)
+        return f"{self.k}/{self.n} = {self.rate:.3f} [{self.ci_low:.3f}, {self.ci_high:.3f}] ({level} CP)"
 
 
 @dataclass(frozen=True)
@@ -177,3 +184,33 @@ def mcnemar_paired(first: Iterable[bool], second: Iterable[bool], method: str = 
     """McNemar's test on two aligned boolean outcome sequences (same samples, same order)."""
     both, only_first, only_second, neither = paired_table(first, second)
     return mcnemar(only_first, only_second, method, n_pairs=both + only_first + only_second + neither)
+
+
+def holm(p_values: Sequence[float | None]) -> list[float | None]:
+    """Holm-Bonferroni adjusted p-values, in the input order (None entries stay None, not counted).
+
+    With m tests and raw p-values sorted ascending p_(1) <= ... <= p_(m), the adjusted
+    p_(i) is max over j <= i of min(1, (m - j + 1) p_(j)): it controls the family-wise error
+    rate at any alpha under any dependence between the tests, which is what a table of many
+    defense x budget comparisons needs before a "significant" reads as one.
+
+    Example::
+
+        holm([0.01, 0.04, 0.03])  # [0.03, 0.06, 0.06]
+    """
+    values: list[float | None] = []
+    for p in p_values:
+        if p is None:
+            values.append(None)
+            continue
+        if isinstance(p, bool) or not 0.0 <= float(p) <= 1.0:
+            raise ToolkitError(f"holm: p-values must lie in [0, 1], got {p!r}")
+        values.append(float(p))
+    present = sorted((p, i) for i, p in enumerate(values) if p is not None)
+    m = len(present)
+    out: list[float | None] = [None] * len(values)
+    running = 0.0
+    for rank, (p, i) in enumerate(present):
+        running = max(running, min(1.0, (m - rank) * p))
+        out[i] = running
+    return out

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from certify.config import SuiteConfig
+from certify.provenance import record_config
 from guard.errors import ToolkitError, unknown_name
 
 
@@ -32,6 +33,12 @@ class SuitePlan:
     ``utility`` maps a defense (or a (defense, setting) pair) to its delta CE. ``config`` is
     the run's config with the suite's defaults filled in. ``reference`` is the defense every
     other is paired against in McNemar tests. Unpacks as ``units, evaluate_unit, utility``.
+
+    ``fingerprint``: JSON data naming what determines the records beyond the config, so a
+    resumed run can tell that its inputs changed: ``subject`` (name and weight hash),
+    ``saes`` (hash per site), prompt/data file hashes, selected latents, calibration hashes,
+    the attack config with its defaults filled in (``certify.provenance`` has the hash helpers).
+    Anything that only changes speed or display (batch progress, a test delay) stays out.
     """
 
     units: Sequence[Any]
@@ -40,6 +47,9 @@ class SuitePlan:
     config: SuiteConfig
     reference: str | None = "clamp"
     notes: tuple[str, ...] = ()
+    fingerprint: Mapping[str, Any] = field(default_factory=dict)
+    required_checks: tuple[str, ...] = ()
+    verified: Mapping[str, str] = field(default_factory=dict)
 
     def __iter__(self) -> Iterator[Any]:
         return iter((self.units, self.evaluate_unit, self.utility))
@@ -47,21 +57,39 @@ class SuitePlan:
 
 @dataclass(frozen=True)
 class Suite:
-    """A named suite; ``build`` is a callable or a lazy ``"module:function"`` reference."""
+    """A named suite; ``build`` is a callable or a lazy ``"module:function"`` reference.
+
+    ``option_defaults`` (a mapping or a lazy ``"module:NAME"``): the suite's option defaults,
+    so that a run can be compared with an earlier one in its output directory before the
+    (possibly slow) planning starts. ``volatile_options``: options that never change a record
+    (a pause for interruption tests), ignored in that comparison.
+    """
 
     name: str
     build: Callable[[SuiteConfig], SuitePlan] | str
     description: str = ""
     defaults: Mapping[str, Any] = field(default_factory=dict)
+    option_defaults: Mapping[str, Any] | str = field(default_factory=dict)
+    volatile_options: tuple[str, ...] = ()
 
-    def resolve(self) -> Callable[[SuiteConfig], SuitePlan]:
-        if callable(self.build):
-            return self.build
-        module_name, _, attr = self.build.partition(":")
+    def _load(self, ref: str) -> Any:
+        module_name, _, attr = ref.partition(":")
         try:
             return getattr(importlib.import_module(module_name), attr)
         except (ImportError, AttributeError) as err:
-            raise ToolkitError(f"suite {self.name!r}: cannot load {self.build!r}: {err}") from err
+            raise ToolkitError(f"suite {self.name!r}: cannot load {ref!r}: {err}") from err
+
+    def resolve(self) -> Callable[[SuiteConfig], SuitePlan]:
+        return self.build if callable(self.build) else self._load(self.build)
+
+    def resolve_option_defaults(self) -> dict[str, Any]:
+        defaults = self.option_defaults
+        return dict(self._load(defaults) if isinstance(defaults, str) else defaults)
+
+    def record_config(self, config: SuiteConfig | Mapping[str, Any]) -> dict[str, Any]:
+        """The fields of ``config`` that shape this suite's records (``certify.provenance.record_config``)."""
+        data = config.to_dict() if isinstance(config, SuiteConfig) else dict(config)
+        return record_config(data, self.resolve_option_defaults(), self.volatile_options)
 
     def plan(self, config: SuiteConfig) -> SuitePlan:
         config = config.with_defaults(self.defaults)
@@ -87,6 +115,14 @@ def get_suite(name: str) -> Suite:
 register_suite(Suite(
     "demo",
     "certify.demo:build_demo",
-    "a planted linear behaviour on a tiny random network with a hand-built ReLU SAE (runs in seconds, CPU)",
+    "a planted linear behaviour on a tiny random transformer with a planted ReLU SAE, attacked by the real "
+    "cascade (about 30 s on a CPU)",
+    option_defaults="certify.demo:OPTION_DEFAULTS",
+    volatile_options=("unit_delay_s",),
 ))
-register_suite(Suite("standard", "experiments.suites:build_standard", "IOI + recall on the subject, all defenses"))
+register_suite(Suite("standard", "experiments.suites:build_standard", "IOI + recall on the subject, all defenses",
+                     option_defaults="experiments.suites:OPTION_DEFAULTS"))
+# the standard suite at n = 200 per setting: >= 100 valid samples per cell (for a GPU or a long CPU run)
+register_suite(Suite("full", "experiments.suites:build_standard",
+                     "the standard suite at n = 200 per setting (>= 100 valid samples per cell)",
+                     defaults={"n": 200}, option_defaults="experiments.suites:OPTION_DEFAULTS"))

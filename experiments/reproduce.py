@@ -55,6 +55,8 @@ from experiments.reproduce_core import (  # noqa: E402
     results_table,
     with_overrides,
 )
+from guard import validate  # noqa: E402
+from guard.errors import ToolkitError, unknown_name  # noqa: E402
 
 SWEEP = (0.0, 0.05, 0.2)
 DEFAULTS = {
@@ -64,6 +66,12 @@ DEFAULTS = {
                               n=300, budget=0.2, sweep=SWEEP, steps=60),
 }
 QUICK = {"n": 50, "steps": 25, "sweep": (0.0, 0.05, 0.2)}
+# --prompts rows per setting: required keys and the types of keys that must be checked
+PROMPT_KEYS = {
+    "ioi": (("prompt", "io", "s"), {"prompt": str, "io": str, "s": str}),
+    "recall": (("prompt", "answer"), {"prompt": str, "answer": str, "choices": list}),
+    "refusal": (("prompt",), {"prompt": str}),
+}
 
 
 def default_config(setting: str, quick: bool = False) -> ReproduceConfig:
@@ -102,38 +110,84 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="output folder (default reproduce-out/SETTING)")
     p.add_argument("--readme", default=None, help="also update the results block of this README")
     p.add_argument("--device", default="cpu")
+    p.add_argument("--show-completions", action="store_true",
+                   help="keep generated texts in plain text in results.json (redacted by default)")
+    p.add_argument("--debug", action="store_true", help="show the traceback of an input error")
     return p
+
+
+def check_site(site: str) -> str:
+    """``site`` must have a shipped SAE (checked without loading any)."""
+    from experiments.saes.shipped import shipped_sites
+
+    if site not in shipped_sites():
+        raise unknown_name("SAE site", site, shipped_sites(), "--site (shipped SAEs)")
+    return site
+
+
+def check_args(args: argparse.Namespace) -> argparse.Namespace:
+    """Every argument checked before the subject loads: a typo fails in a second, not after minutes."""
+    from experiments.data.refusal import HARMFUL_SETS
+
+    for name, minimum in (("n", 1), ("steps", 0), ("n_latents", 1), ("seed", 0)):
+        if getattr(args, name) is not None:
+            validate.integer(getattr(args, name), f"--{name.replace('_', '-')}", minimum=minimum)
+    if args.budget is not None:
+        validate.finite_number(args.budget, "--budget", low=0)
+    validate.device(args.device)
+    if args.site is not None:
+        check_site(args.site)
+    validate.writable_dir(args.out or f"reproduce-out/{args.setting}", "--out")
+    if args.readme:
+        validate.writable_file(args.readme, "--readme")
+        if Path(args.readme).is_file():
+            validate.text_file(args.readme, "--readme", empty_ok=True)
+    if args.prompts is not None and not (args.setting == "refusal" and args.prompts in HARMFUL_SETS):
+        keys, kinds = PROMPT_KEYS[args.setting]
+        rows = validate.jsonl_rows(args.prompts, keys, "--prompts file", kinds)
+        if args.setting != "refusal":  # refusal: checked on the distinct requests it reads
+            reserved = DEFAULTS[args.setting].n_select
+            if len(rows) <= reserved:
+                raise ToolkitError(f"--prompts file {args.prompts}: {len(rows)} rows, but the first {reserved} "
+                                   "only select the latents to clamp; give more rows")
+    return args
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     args = build_parser().parse_args(argv)
-    if args.setting == "refusal":
-        from experiments.refusal.cli import run_from_args
+    with validate.cli_errors(args.debug):
+        check_args(args)
+        if args.setting == "refusal":
+            from experiments.refusal.cli import run_from_args
 
-        return run_from_args(args)
-    config = with_overrides(default_config(args.setting, args.quick), n=args.n, steps=args.steps,
-                            budget=args.budget, site=args.site, n_latents=args.n_latents, seed=args.seed)
-    import torch
+            return run_from_args(args)
+        config = with_overrides(default_config(args.setting, args.quick), n=args.n, steps=args.steps,
+                                budget=args.budget, site=args.site, n_latents=args.n_latents, seed=args.seed)
+        check_site(config.site)
+        import torch
 
-    from experiments.subject import load_subject
+        from experiments.settings.user_file import check_context
+        from experiments.subject import load_subject
 
-    torch.manual_seed(config.seed)
-    subject = load_subject(device=args.device)
-    if config.site not in subject.saes:
-        raise SystemExit(f"no shipped SAE at {config.site}; available: {subject.sites}")
-    from experiments.suites import benign_tokens
+        torch.manual_seed(config.seed)
+        subject = load_subject(device=args.device)
+        if config.site not in subject.saes:
+            raise ToolkitError(f"no shipped SAE at {config.site}; available: {subject.sites}")
+        if args.prompts is not None:  # lengths need the tokenizer; checked before any selection or attack
+            check_context(subject.tokenizer, args.prompts, subject.model.cfg.n_ctx, "--prompts file")
+        from experiments.suites import benign_tokens
 
-    results = reproduce(subject.model, subject.saes, config, prompts_file=args.prompts,
-                        benign=benign_tokens(subject.model, 64)[1],
-                        log=lambda m: print(m, file=sys.stderr, flush=True))
-    results["quick"] = bool(args.quick)
-    out = write_results(args.out or f"reproduce-out/{args.setting}", results)
-    if args.readme:
-        update_readme(args.readme, args.setting, results_table(results))
-    line = headline(results)
-    print(f"results in {out}/results.json", file=sys.stderr)
-    print(json.dumps(line))
-    return line
+        results = reproduce(subject.model, subject.saes, config, prompts_file=args.prompts,
+                            benign=benign_tokens(subject.model, 64)[1],
+                            log=lambda m: print(m, file=sys.stderr, flush=True))
+        results["quick"] = bool(args.quick)
+        out = write_results(args.out or f"reproduce-out/{args.setting}", results)
+        if args.readme:
+            update_readme(args.readme, args.setting, results_table(results))
+        line = headline(results)
+        print(f"results in {out}/results.json", file=sys.stderr)
+        print(json.dumps(line))
+        return line
 
 
 if __name__ == "__main__":

@@ -29,10 +29,11 @@ from typing import Any
 import torch
 
 from attacks.batch import AttackBatch
-from attacks.engine import AttackConfig, AttackResult, GradientRecovery
+from attacks.engine import AttackConfig, AttackResult
 from attacks.objectives import Objective
 from attacks.perturbation import Perturbation
 from attacks.replay import attribution_replay
+from attacks.runner import attack_samples, single_stage
 from attacks.threat import ThreatModel
 from certify.stats import Rate
 from experiments.settings import Sample, collate, get_setting, validity
@@ -127,16 +128,12 @@ def split_samples(setting: Setting, tokenizer, config: ReproduceConfig,
 
 def _attack(model, defense, samples: Sequence[Sample], threat: ThreatModel, config: ReproduceConfig,
             budget: float) -> list[tuple[list[Sample], AttackBatch, AttackResult]]:
-    """Run the gradient recovery over ``samples`` in batches: (samples, batch, result) per batch."""
-    # budget 0: the only feasible delta is 0, so no step can change anything (one checked forward)
-    cfg = AttackConfig(steps=config.steps if budget > 0 else 0, step_size=config.step_size, seed=config.seed)
-    parts = []
-    for start in range(0, len(samples), config.attack_batch):
-        chunk = list(samples[start : start + config.attack_batch])
-        batch = AttackBatch.from_lists([s.tokens for s in chunk], device=model.cfg.device)
-        attack = GradientRecovery(model, defense, threat.with_budget(budget), SettingObjective(chunk), cfg)
-        parts.append((chunk, batch, attack.run(batch)))
-    return parts
+    """The gradient recovery over ``samples`` in batches (the paper's protocol: one attack, no
+    cascade): (samples, batch, result) per batch."""
+    stages = single_stage(AttackConfig(steps=config.steps, step_size=config.step_size, seed=config.seed))
+    chunks = attack_samples(model, defense, threat.with_budget(budget), samples, SettingObjective,
+                            lambda s: s.tokens, stages, batch_size=config.attack_batch)
+    return [(c.samples, c.batch, c.outcome.result) for c in chunks]
 
 
 def _cat(parts, field: str) -> torch.Tensor:

@@ -15,17 +15,20 @@ the contrast.
 Threat model: L2 ball of relative radius ``budget`` (fraction of ||h_def||) at the final
 prompt position of the clamp's site, encoder-orthogonal to the defended latents there
 (``none`` for a defense that pins no latent at the site, e.g. direction ablation; the
-record's ``constraint`` says which). Attack: ``attacks.engine.GradientRecovery`` with the
-defense inside the loop (adaptive), stopping each sample at the goal (behaviour margin > 0).
-For a detector (error monitor) a recovery counts only if the monitor does not flag it; the
-attacker does not optimise against the monitor here (a stated limitation).
+record's ``constraint`` says which). Budget 0 is always on the grid. Attack: the default
+cascade of ``attacks.runner`` with the defense inside the loop (adaptive), each stage
+stopping a sample at the goal (behaviour margin > 0). For a detector (error monitor) a
+recovery counts only if the monitor does not flag it, and one stage puts the monitor's
+score in the attacker's loss.
 
-Records follow certify/summary.py: one per invalid sample (``attack`` "-") and one per
-attacked valid sample with ``recovered``, ``drift``, ``rel_delta_norm``, scores.
-Utility: ``delta_ce`` per (defense, setting) from ``guard.utility.measure_utility_many``.
+Records are ``certify.outcomes.SampleRecord``: one per invalid sample (``attack`` "-") and
+one per attacked valid sample (the cascade's outcome, with ``stage``, ``grad_norm`` and
+``binds``: whether the defense's score at the attacked input differs from the plain
+clamp's there, or its detector fired). Utility: ``delta_ce`` per (defense, setting) from
+``guard.utility.measure_utility_many``.
 
-Options: ``steps`` (attack steps, 20), ``n_select`` (selection samples, 48), ``n_latents``
-(clamped latents, 32), ``site`` (blocks.6.hook_resid_post), ``attack_batch`` (32),
+Options: ``steps`` (steps per cascade stage, 20), ``n_select`` (selection samples, 48), ``n_latents``
+(clamped latents, 32), ``site`` (blocks.6.hook_resid_post), ``attack_batch`` (64 rows: samples x budgets),
 ``seq_len`` (benign chunk length, 64).
 """
 
@@ -42,15 +45,17 @@ from typing import Any
 
 import torch
 
-from attacks.batch import AttackBatch
-from attacks.engine import AttackConfig, GradientRecovery
-from attacks.perturbation import Perturbation, perturbation_hooks
+from attacks.forward import full_forward
+from attacks.runner import STAGE_NAMES, AttackedChunk, attack_samples, default_stages
 from attacks.threat import ThreatModel
-from certify.config import SuiteConfig
+from certify.config import SuiteConfig, check_options
+from certify.outcomes import SampleRecord
+from certify.provenance import sha256_tensors
 from certify.runner import unit_seed
+from certify.selftest import verify_defenses
 from certify.suites import SuitePlan
 from experiments.reproduce_core import SettingObjective
-from experiments.settings import Sample, get_setting, validity
+from experiments.settings import SETTINGS, Sample, get_setting, validity
 from guard.base import Defense
 from guard.calibration import collect_resid, last_token_resid
 from guard.closed_loop import calibrate_closed_loop
@@ -62,18 +67,23 @@ from guard.registry import DEFENSES, build_defense
 from guard.subspace import calibrate_error_subspace
 from guard.utility import chunk_tokens, default_configs, measure_utility_many
 
-DEFAULTS = {"settings": ("ioi", "recall"), "budgets": (0.02, 0.05, 0.2), "n": 24}
+REFERENCE = "clamp"
+SUBJECT_NAME = "SmolLM2-135M-Instruct + shipped SAEs"
+# the checks this suite's records must let run (an inapplicable one is an error, not silence)
+REQUIRED_CHECKS = ("zero_gradient", "not_monotone_in_budget", "recovered_at_zero_budget", "random_beats_optimiser",
+                   "verification_disagrees", "inactive_defense")
+DEFAULTS = {"settings": ("ioi", "recall"), "budgets": (0.0, 0.02, 0.05, 0.2), "n": 24}
 OPTION_DEFAULTS = {"steps": 20, "n_select": 48, "n_latents": 32, "site": "blocks.6.hook_resid_post",
-                   "attack_batch": 32, "seq_len": 64}
+                   "attack_batch": 64, "seq_len": 64}
 
 
 @dataclass(frozen=True)
 class StandardUnit:
-    """One defense, setting and budget over the setting's evaluated samples."""
+    """One defense and setting over the setting's evaluated samples, at every budget of the grid."""
 
     defense: str
     setting: str
-    budget: float
+    budgets: tuple[float, ...]
     seed: int
     n: int
     steps: int
@@ -109,28 +119,39 @@ def contrast_prompts(model) -> list[torch.Tensor]:
     return [model.to_tokens(chat_prompt(r), prepend_bos=False)[0] for r in CONTRAST_REQUESTS]
 
 
+# which calibration each built-in defense reads (a defense absent here needs none)
+CALIBRATION_OF = {"error_norm": "error_norm", "error_monitor": "error_norm", "error_subspace": "error_subspace",
+                  "error_ellipsoid": "error_ellipsoid", "closed_loop": "closed_loop",
+                  "direction_ablation": "direction"}
+
+
 def calibrate(model, saes: Mapping[str, object], site: str, calib_tokens: torch.Tensor,
               behaviour: Sequence[torch.Tensor], contrast: Sequence[torch.Tensor],
-              features: Mapping[str, Sequence[int]]) -> dict[str, Any]:
-    """``guard.utility.calibrate_all``'s calibrations, fitted only where the defenses act.
+              features: Mapping[str, Sequence[int]], needed: Sequence[str] | None = None) -> dict[str, Any]:
+    """``guard.utility.calibrate_all``'s calibrations (only the ``needed`` ones), fitted only where
+    the defenses act.
 
     The residual-aware defenses act at the clamp's site only (their ``features`` keys), so the
     benign-error calibrations (norm, subspace, ellipsoid: an MVEE fit per site, the slow one)
     and the direction are fitted at that site alone; the closed loop watches every SAE site
     downstream, so it sees all SAEs.
     """
+    needed = set(CALIBRATION_OF.values()) if needed is None else set(needed)
+    if not needed:
+        return {}
     here = {site: saes[site]}
     benign = collect_resid(model, calib_tokens, [site])
     behaviour_resid = last_token_resid(model, behaviour, [site])
     contrast_resid = last_token_resid(model, contrast, [site])
-    return {
-        "error_norm": calibrate_error_norms(here, benign),
-        "error_subspace": calibrate_error_subspace(here, benign, behaviour_resid=behaviour_resid,
-                                                   contrast_resid=contrast_resid),
-        "error_ellipsoid": calibrate_ellipsoid(here, benign),
-        "closed_loop": calibrate_closed_loop(model, saes, list(behaviour), features),
-        "direction": calibrate_directions(behaviour_resid, contrast_resid),
+    fits = {
+        "error_norm": lambda: calibrate_error_norms(here, benign),
+        "error_subspace": lambda: calibrate_error_subspace(here, benign, behaviour_resid=behaviour_resid,
+                                                           contrast_resid=contrast_resid),
+        "error_ellipsoid": lambda: calibrate_ellipsoid(here, benign),
+        "closed_loop": lambda: calibrate_closed_loop(model, saes, list(behaviour), features),
+        "direction": lambda: calibrate_directions(behaviour_resid, contrast_resid),
     }
+    return {key: fit() for key, fit in fits.items() if key in needed}
 
 
 def build_world(model, saes: Mapping[str, object], setting_name: str, select: Sequence[Sample],
@@ -150,10 +171,12 @@ def build_world(model, saes: Mapping[str, object], setting_name: str, select: Se
         print(f"[standard] {setting_name}: {what} ({time.perf_counter() - start:.0f} s)", file=sys.stderr, flush=True)
 
     log(f"clamp of {len(selection.features)} latents at {site} selected")
-    calibs = calibrate(model, saes, site, calib_tokens, behaviour, list(contrast), features)
-    log("calibrated")
+    needed = {CALIBRATION_OF[name] for name in defense_names if name in CALIBRATION_OF}
+    calibs = calibrate(model, saes, site, calib_tokens, behaviour, list(contrast), features, needed)
+    log("calibrated" + (f" ({', '.join(sorted(calibs))})" if calibs else ": nothing to calibrate"))
     with tempfile.TemporaryDirectory() as tmp:
-        folders = {key: str(c.save(Path(tmp) / key)) for key, c in calibs.items()}
+        folders = {key: "" for key in set(CALIBRATION_OF.values())}  # defenses not asked for are not built
+        folders.update({key: str(c.save(Path(tmp) / key)) for key, c in calibs.items()})
         configs = default_configs({site: saes[site]}, features, folders)  # direction: at the site only
         defenses = {name: build_defense(configs[name], saes) for name in defense_names}
     utility = {name: r.delta_ce for name, r in measure_utility_many(model, defenses, eval_tokens).items()}
@@ -166,53 +189,55 @@ def build_world(model, saes: Mapping[str, object], setting_name: str, select: Se
     return SettingWorld(setting_name, site, selection.features, list(evaluate), defenses, utility, valid, scores)
 
 
-def _flagged(model, defense: Defense, batch: AttackBatch, perturbation: Perturbation) -> torch.Tensor | None:
-    """Whether a detector flags each attacked example (None for defenses that detect nothing)."""
-    defense.reset()
-    with torch.no_grad(), model.hooks(fwd_hooks=perturbation_hooks([perturbation]) + defense.fwd_hooks()):
-        model(batch.tokens, return_type=None)
-    flags = defense.flags()
-    defense.reset()
-    return None if flags is None else flags.bool().cpu()
+@torch.no_grad()
+def _reference_scores(model, reference: Defense, objective: SettingObjective, chunk: AttackedChunk) -> torch.Tensor:
+    """The objective under the reference defense at the same attacked inputs (for ``binds``)."""
+    batch, perts = chunk.batch, list(chunk.outcome.result.perturbations)
+    logits, _ = full_forward(model, reference, batch, perts, readout=objective.readout(batch))
+    return objective.score(logits, torch.arange(batch.size, device=batch.tokens.device)).cpu()
 
 
-def evaluate_unit(world: SettingWorld, unit: StandardUnit, model, *, attack_batch: int = 32) -> list[dict[str, Any]]:
-    """Records of one unit: one per invalid sample, one per attacked valid sample."""
+def evaluate_unit(world: SettingWorld, unit: StandardUnit, model, *, attack_batch: int = 64) -> list[dict[str, Any]]:
+    """Records of one unit: per budget, one per invalid sample and one per attacked valid sample.
+
+    Every positive budget's rows run in the same batches (per-row budgets), so an attack step
+    is paid once for all budgets; budget 0 is one checked forward.
+    """
     defense = world.defenses[unit.defense]
     valid = world.valid[unit.defense]
     und, dfd = world.scores[unit.defense]
     here = [d for d in defense.defended_latents() if d.site == world.site]
     constraint = "encoder" if here else "none"
-    base = {"setting": unit.setting, "defense": unit.defense, "budget": unit.budget, "seed": unit.seed,
-            "site": world.site, "constraint": constraint}
-    records = []
-    for i, s in enumerate(world.evaluate):
-        if not valid[i]:
-            records.append({**base, "sample_id": s.id, "attack": "-", "valid": False, "recovered": None,
-                            "score_undefended": und[i], "score_defended": dfd[i]})
-    idx = [i for i in range(len(world.evaluate)) if valid[i]]
-    threat = ThreatModel.make(world.site, positions="last", budget=unit.budget, relative=True,
+    key = {"setting": unit.setting, "defense": unit.defense, "seed": unit.seed, "threat": "residual",
+           "site": world.site, "constraint": constraint}
+    records = [SampleRecord.invalid(**key, budget=b, sample_id=s.id, present=und[i] > 0, score_undefended=und[i],
+                                    score_defended=dfd[i])
+               for b in unit.budgets for i, s in enumerate(world.evaluate) if not valid[i]]
+    attacked = [i for i in range(len(world.evaluate)) if valid[i]]
+    threat = ThreatModel.make(world.site, positions="last", budget=max(unit.budgets), relative=True,
                               constraint=constraint)
-    # budget 0: the only feasible delta is 0 (one checked forward, no steps)
-    cfg = AttackConfig(steps=unit.steps if unit.budget > 0 else 0, seed=unit_seed(unit.seed, unit))
-    for start in range(0, len(idx), attack_batch):
-        rows = idx[start : start + attack_batch]
-        chunk = [world.evaluate[i] for i in rows]
-        batch = AttackBatch.from_lists([s.tokens for s in chunk], device=model.cfg.device)
-        result = GradientRecovery(model, defense, threat, SettingObjective(chunk), cfg).run(batch)
-        flags = _flagged(model, defense, batch, result.perturbations[0])
-        for j, i in enumerate(rows):
-            ok = bool(result.success[j])
-            flagged = None if flags is None else bool(flags[j])
-            drift = float(result.drift[j])
-            records.append({
-                **base, "sample_id": world.evaluate[i].id, "attack": "gradient", "stage": 0, "valid": True,
-                "recovered": ok and not flagged, "attack_success": ok, "flagged": flagged,
-                "score_undefended": und[i], "score_defended": dfd[i], "score_attacked": float(result.score[j]),
-                "drift": drift if drift == drift else None, "rel_delta_norm": float(result.relative_norm[j]),
-                "reactivation": float(result.reactivation[j]), "steps": int(result.steps[j]),
-            })
-    return records
+    reference = world.defenses[REFERENCE] if unit.defense != REFERENCE else None
+    seed = unit_seed(unit.seed, unit)
+    chunks = []
+    for budgets, stages in (([b for b in unit.budgets if b == 0], default_stages(0, seed=seed)[:1]),
+                            ([b for b in unit.budgets if b > 0], default_stages(unit.steps, seed=seed))):
+        pairs = [(i, b) for b in budgets for i in attacked]
+        chunks += attack_samples(model, defense, threat, pairs,
+                                 lambda chunk: SettingObjective([world.evaluate[i] for i, _ in chunk]),
+                                 lambda p: world.evaluate[p[0]].tokens, stages, batch_size=attack_batch,
+                                 budget_of=lambda p: p[1])
+    for chunk in chunks:
+        objective = SettingObjective([world.evaluate[i] for i, _ in chunk.samples])
+        result = chunk.outcome.result
+        ref = None if reference is None else _reference_scores(model, reference, objective, chunk)
+        for j, (i, b) in enumerate(chunk.samples):
+            binds = None
+            if ref is not None:  # the defense changed the outcome's score, or its detector fired
+                moved = abs(float(result.score[j]) - float(ref[j])) > 1e-4 * (1 + abs(float(ref[j])))
+                binds = moved or chunk.outcome.ever_flagged[j]
+            records.append(SampleRecord.from_outcome(chunk.outcome, j, score_undefended=und[i], binds=binds,
+                                                     **key, budget=b, sample_id=world.evaluate[i].id))
+    return [r.to_dict() for r in records]
 
 
 def buildable_defenses() -> tuple[str, ...]:
@@ -221,25 +246,36 @@ def buildable_defenses() -> tuple[str, ...]:
     return tuple(["clamp"] + [n for n in names if n != "clamp"])
 
 
+def check_config(config: SuiteConfig) -> tuple[SuiteConfig, dict[str, Any]]:
+    """The config with the suite's defaults and its checked options; every name and number is
+    checked here, before any model is loaded."""
+    config = config.with_defaults({**DEFAULTS, "defenses": buildable_defenses()})
+    opts = check_options(config.option_dict, OPTION_DEFAULTS, "standard suite",
+                         positive=("steps", "n_select", "n_latents", "attack_batch", "seq_len"))
+    if opts["seq_len"] < 2:
+        raise ToolkitError(f"standard suite: option seq_len must be >= 2 (a next-token loss needs two tokens), "
+                           f"got {opts['seq_len']}")
+    for name in config.defenses:
+        if name not in DEFENSES:
+            raise unknown_name("defense", name, DEFENSES, "standard suite")
+    for name in config.settings:
+        if name not in SETTINGS:
+            raise unknown_name("setting", name, SETTINGS, "standard suite")
+    if REFERENCE not in config.defenses:
+        raise ToolkitError(f"standard suite: the plain clamp {REFERENCE!r} is the reference; keep it in defenses")
+    return config, opts
+
+
 def build_plan(config: SuiteConfig, model, saes: Mapping[str, object],
                samples: Callable[[str, int, int], tuple[list[Sample], list[Sample]]], *,
                benign: tuple[torch.Tensor, torch.Tensor] | None = None,
-               contrast: Sequence[torch.Tensor] | None = None) -> SuitePlan:
+               contrast: Sequence[torch.Tensor] | None = None, subject_name: str = "user") -> SuitePlan:
     """The plan on any model + SAEs; ``samples(setting, n_select, n)`` gives (selection, evaluation).
 
     ``benign``: (calibration, held-out) token chunks [batch, pos] (default: guard's built-in benign
     text); ``contrast``: contrast prompts for direction calibrations (default: guard's harmless requests).
     """
-    config = config.with_defaults({**DEFAULTS, "defenses": buildable_defenses()})
-    unknown = set(config.option_dict) - set(OPTION_DEFAULTS)
-    if unknown:
-        raise unknown_name("option", sorted(unknown)[0], OPTION_DEFAULTS, "standard suite")
-    for name in config.defenses:
-        if name not in DEFENSES:
-            raise unknown_name("defense", name, DEFENSES, "standard suite")
-    if "clamp" not in config.defenses:
-        raise ToolkitError("standard suite: the plain clamp 'clamp' is the reference; keep it in defenses")
-    opts = {**OPTION_DEFAULTS, **config.option_dict}
+    config, opts = check_config(config)
     calib, held_out = benign if benign is not None else benign_tokens(model, int(opts["seq_len"]))
     contrast = list(contrast) if contrast is not None else contrast_prompts(model)
     worlds = {}
@@ -248,8 +284,9 @@ def build_plan(config: SuiteConfig, model, saes: Mapping[str, object],
         worlds[setting] = build_world(model, saes, setting, select, evaluate, config.defenses, site=opts["site"],
                                       n_latents=int(opts["n_latents"]), calib_tokens=calib,
                                       eval_tokens=held_out, contrast=contrast)
-    units = tuple(StandardUnit(d, s, float(b), config.seed, config.n, int(opts["steps"]))
-                  for s in config.settings for d in config.defenses for b in sorted(config.budgets))
+    budgets = sorted({0.0, *config.budgets})  # budget 0 is free and checks validity against recovery
+    units = tuple(StandardUnit(d, s, tuple(float(b) for b in budgets), config.seed, config.n, int(opts["steps"]))
+                  for s in config.settings for d in config.defenses)
     utility = {(d, s): worlds[s].utility[d] for s in config.settings for d in config.defenses}
 
     def evaluate(unit: StandardUnit) -> list[dict[str, Any]]:
@@ -259,12 +296,24 @@ def build_plan(config: SuiteConfig, model, saes: Mapping[str, object],
         f"standard suite: plain clamp of {opts['n_latents']} attribution-selected latents at {opts['site']} "
         f"(selected on {opts['n_select']} samples kept apart from the {config.n} evaluated per setting); "
         "residual-aware defenses at guard's default settings, composed with the same clamp.",
-        "attack: gradient recovery at the last prompt position, relative L2 budget, encoder-orthogonal "
-        "(none where a defense pins no latent at the site), defense inside the loop.",
-        "error_monitor: a recovery counts only when unflagged; the attacker does not optimise against the "
-        "monitor in this suite.",
+        f"attack: the cascade of attacks.runner ({', '.join(STAGE_NAMES)}; {opts['steps']} steps per stage, "
+        "3x for long), each stage only on samples still defended, at the last prompt position, relative L2 "
+        "budget, encoder-orthogonal (none where a defense pins no latent at the site), defense inside the loop; "
+        "every success re-checked by an independent forward.",
+        "error_monitor: a recovery counts only when unflagged; the detector stage puts the monitor's own "
+        "score in the attacker's loss.",
     )
-    return SuitePlan(units, evaluate, utility, config, reference="clamp", notes=notes)
+    fingerprint = {
+        "subject": subject_name,
+        "weights": sha256_tensors(model.state_dict()),
+        "saes": {site: sha256_tensors(sae.state_dict()) for site, sae in sorted(saes.items())},
+        "samples": {s: [x.id for x in worlds[s].evaluate] for s in config.settings},
+        "selected": {s: list(worlds[s].features) for s in config.settings},
+        "stages": [{"stage": st.name, **st.config.to_dict()} for st in default_stages(int(opts["steps"]))],
+    }
+    verified = {name: r.status for name, r in verify_defenses(config.defenses).items()}
+    return SuitePlan(units, evaluate, utility, config, reference=REFERENCE, notes=notes, fingerprint=fingerprint,
+                     required_checks=REQUIRED_CHECKS, verified=verified)
 
 
 @functools.lru_cache(maxsize=1)
@@ -281,6 +330,7 @@ def build_standard(config: SuiteConfig) -> SuitePlan:
                            f"{config.subject!r}")
     if config.device.startswith("cuda") and not torch.cuda.is_available():
         raise ToolkitError(f"standard suite: device {config.device!r} requested but CUDA is not available")
+    check_config(config)
     subject = _subject(config.device)
     model = subject.model
 
@@ -291,4 +341,4 @@ def build_standard(config: SuiteConfig) -> SuitePlan:
             raise ToolkitError(f"standard suite: setting {setting!r} has only {len(everything)} samples")
         return everything[:n_select], everything[n_select : n_select + n]
 
-    return build_plan(config, model, dict(subject.saes), samples)
+    return build_plan(config, model, dict(subject.saes), samples, subject_name=SUBJECT_NAME)

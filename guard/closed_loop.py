@@ -1,6 +1,6 @@
 """Closed-loop clamping: clamp at the source sites and re-clamp the behaviour's echo downstream.
 
-Source: our residual-aware candidate (METHOD.md section 6, "re-apply clamps at several
+Source: our residual-aware candidate (docs/METHOD.md section 6, "re-apply clamps at several
 layers after any perturbation"). Every clamp re-encodes its own input, so a plain
 multi-site clamp already re-clamps *its* latents after any upstream perturbation. What
 closed loop adds is which latents downstream are held: ``calibrate_closed_loop`` runs

@@ -1,6 +1,6 @@
 """Ellipsoidal error guard: map the SAE error into an ellipsoid fitted to benign errors.
 
-Source: our residual-aware candidate (METHOD.md section 6); the fit is the classical
+Source: our residual-aware candidate (docs/METHOD.md section 6); the fit is the classical
 minimum-volume enclosing ellipsoid (a log-det convex program), solved with cvxpy.
 
 Calibration (``calibrate_ellipsoid``), per site: centre the benign errors (mean ``mu``),

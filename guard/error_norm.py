@@ -1,6 +1,6 @@
 """Error norm bound: shrink the SAE error to a norm benign text does not exceed.
 
-Source: our residual-aware candidate (METHOD.md section 6): recovery perturbations land
+Source: our residual-aware candidate (docs/METHOD.md section 6): recovery perturbations land
 mostly in the SAE error (Cui, Shen, Yang, arXiv 2606.18322), so bounding ``||error||`` per
 token to a benign quantile limits how much an attacker can push through that channel
 while leaving ordinary tokens (below the bound) exactly untouched.

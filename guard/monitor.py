@@ -1,6 +1,6 @@
 """Error anomaly monitor: flag inputs whose SAE error norm leaves its benign range.
 
-Source: our residual-aware candidate (METHOD.md section 6): a recovery perturbation that
+Source: our residual-aware candidate (docs/METHOD.md section 6): a recovery perturbation that
 runs through the error channel inflates ``||error||``; a detector with a benign-calibrated
 threshold catches it, at a false-positive cost measured by ``false_positive_rate``.
 
@@ -88,15 +88,32 @@ class ErrorMonitor(ResidualDefense):
             self._flags = self._flags | flagged
         return error
 
-    def flags(self) -> torch.Tensor | None:
-        """Bool [batch]: flagged since the last reset (None before any forward)."""
-        return self._flags
+    def flags(self, valid: torch.Tensor | None = None) -> torch.Tensor | None:
+        """Bool [batch]: flagged since the last reset (None before any forward). With ``valid``
+        (bool [batch, pos] of the latest forward: real tokens, not padding), only the latest
+        forward's real tokens count: a pad token's error must never flag its row."""
+        if valid is None:
+            return self._flags
+        if not self.last_scores:
+            return None
+        return torch.stack([((s.detach() > self.thresholds[site]) & self._mask(valid, s)).flatten(1).any(dim=1)
+                            for site, s in self.last_scores.items()]).any(dim=0)
 
-    def excess(self) -> torch.Tensor:
-        """Differentiable [batch]: sum over sites and positions of ``relu(score - tau)`` (latest forward)."""
+    def excess(self, valid: torch.Tensor | None = None) -> torch.Tensor:
+        """Differentiable [batch]: sum over sites and positions (only ``valid`` ones if given) of
+        ``relu(score - tau)`` in the latest forward."""
         if not self.last_scores:
             raise ToolkitError(f"defense {self.name!r}: no forward recorded since reset()")
-        return sum((s - self.thresholds[site]).clamp_min(0).flatten(1).sum(1) for site, s in self.last_scores.items())
+        return sum(((s - self.thresholds[site]).clamp_min(0) * self._mask(valid, s)).flatten(1).sum(1)
+                   for site, s in self.last_scores.items())
+
+    def _mask(self, valid: torch.Tensor | None, scores: torch.Tensor) -> torch.Tensor:
+        if valid is None:
+            return torch.ones_like(scores, dtype=torch.bool)
+        if valid.shape != scores.shape:
+            raise ToolkitError(f"defense {self.name!r}: valid mask of shape {tuple(valid.shape)} for scores of "
+                               f"shape {tuple(scores.shape)}")
+        return valid.to(scores.device)
 
     def respond(self, texts: list[str]) -> list[str]:
         """Outputs after the monitor's action: flagged texts become ``refusal`` when action is 'refuse'."""

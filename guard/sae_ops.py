@@ -6,6 +6,10 @@ SAELens's ``use_error_term`` computes the error under ``no_grad``; here the erro
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
+from collections.abc import Iterator
+
 import torch
 
 from guard.errors import ToolkitError
@@ -33,9 +37,34 @@ def check_features(features: torch.Tensor, sae, *, defense: str, site: str) -> t
     return features
 
 
+_STRAIGHT_THROUGH = contextvars.ContextVar("straight_through", default=False)
+
+
+@contextlib.contextmanager
+def straight_through() -> Iterator[None]:
+    """Inside this context ``encode`` passes gradient through inactive latents as if they were linear.
+
+    A JumpReLU (or ReLU) latent below its threshold has zero gradient, so an attacker who
+    differentiates through an SAE splice sees nothing of the latents it could switch on. The
+    forward values are unchanged; only the backward pass of inactive latents becomes that of
+    ``resid @ W_enc`` (a straight-through estimator), for attacks that must see past the threshold.
+    """
+    token = _STRAIGHT_THROUGH.set(True)
+    try:
+        yield
+    finally:
+        _STRAIGHT_THROUGH.reset(token)
+
+
 def encode(sae, resid: torch.Tensor) -> torch.Tensor:
-    """Latent activations [.., d_sae]; differentiable."""
-    return sae.encode(resid)
+    """Latent activations [.., d_sae]; differentiable (straight-through for inactive latents inside
+    ``straight_through()``)."""
+    acts = sae.encode(resid)
+    if not _STRAIGHT_THROUGH.get() or not resid.requires_grad:
+        return acts
+    linear = resid.to(sae.W_enc.dtype) @ sae.W_enc
+    inactive = (acts.detach() == 0).to(linear.dtype)
+    return acts + (linear - linear.detach()) * inactive
 
 
 def reconstruct(sae, feature_acts: torch.Tensor) -> torch.Tensor:

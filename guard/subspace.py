@@ -1,7 +1,7 @@
 """Error subspace projection: keep the SAE error inside the subspace benign errors occupy,
 and/or remove its components along behaviour directions.
 
-Source: our residual-aware candidate (METHOD.md section 6). Benign errors concentrate in
+Source: our residual-aware candidate (docs/METHOD.md section 6). Benign errors concentrate in
 a low-dimensional affine subspace (PCA); a recovery perturbation that must pass through
 the error channel has to fit there too. Behaviour directions are difference-of-means
 directions of the *errors* of behaviour vs contrast activations (one per site).

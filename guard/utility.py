@@ -202,41 +202,62 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--save-calibrations", type=Path, default=None,
                    help="keep the calibration folders here (default: a temporary folder)")
     p.add_argument("--device", default="cpu")
+    p.add_argument("--debug", action="store_true", help="show the traceback of an input error")
     return p
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, dict[str, Any]]:
-    args = _parser().parse_args(argv)
-    if not 0 < args.calib_fraction < 1:
-        raise SystemExit("--calib-fraction must be in (0, 1)")
-    # guard depends on nothing of ours; only this command line reaches for the embedded subject
-    from experiments.subject import load_subject
-    from experiments.subject.chat import chat_prompt
-    from guard.texts import BEHAVIOUR_REQUESTS, CONTRAST_REQUESTS
+    from guard import validate
 
-    subject = load_subject(device=args.device, sae_dir=args.sae_dir)
-    if not subject.saes:
-        raise SystemExit("no SAEs found for the subject (the shipped set is not built yet?); "
-                         "build them with `python -m experiments.saes` or pass --sae-dir")
-    model, saes = subject.model, {s: subject.saes[s] for s in subject.sites}
-    text = args.text_file.read_text() if args.text_file else builtin_text()
-    chunks = chunk_tokens(model.to_tokens(text, prepend_bos=False)[0], args.seq_len)
-    n_calib = min(max(1, round(args.calib_fraction * len(chunks))), len(chunks) - 1)
-    features = random_features(saes, args.n_features, args.seed)
-    prompts = [[model.to_tokens(chat_prompt(r), prepend_bos=False)[0] for r in reqs]
-               for reqs in (BEHAVIOUR_REQUESTS, CONTRAST_REQUESTS)]
-    print(f"clamp features: {args.n_features} random latents per site (seed {args.seed}), set to 0, at "
-          f"{', '.join(saes)}; calibration on {n_calib} chunks, evaluation on {len(chunks) - n_calib} chunks "
-          f"of {args.seq_len} tokens")
-    names = [n for n in args.defenses.split(",") if n] or None
-    with tempfile.TemporaryDirectory() as tmp:
-        calib_dir = args.save_calibrations or Path(tmp)
-        report = utility_report(model, saes, chunks[:n_calib], chunks[n_calib:], *prompts, features=features,
-                                calib_dir=calib_dir, names=names, batch_size=args.batch_size, progress=True)
-    for name, entry in report.items():
-        print(f"{name:20s} delta_ce {entry['delta_ce']:+.4f}  kl {entry['kl']:.4f}")
-    print(json.dumps(report))
-    return report
+    args = _parser().parse_args(argv)
+    with validate.cli_errors(args.debug):
+        # every argument is checked before the subject loads: a typo must not cost minutes of calibration
+        if not 0 < args.calib_fraction < 1:
+            raise ToolkitError(f"--calib-fraction must lie in (0, 1), got {args.calib_fraction}")
+        for flag, value, minimum in (("--seq-len", args.seq_len, 2), ("--n-features", args.n_features, 1),
+                                     ("--seed", args.seed, 0), ("--batch-size", args.batch_size, 1)):
+            validate.integer(value, flag, minimum=minimum)
+        validate.device(args.device)
+        names = [n.strip() for n in args.defenses.split(",") if n.strip()] or None
+        for name in names or ():
+            if name not in DEFENSES:
+                raise unknown_name("defense", name, DEFENSES, "--defenses")
+        text = validate.text_file(args.text_file, "--text-file") if args.text_file else None
+        if args.save_calibrations is not None:
+            validate.writable_dir(args.save_calibrations, "--save-calibrations")
+        # guard depends on nothing of ours; only this command line reaches for the embedded subject
+        from experiments.saes.shipped import SHIPPED_DIR, shipped_sites
+        from experiments.subject import load_subject
+        from experiments.subject.chat import chat_prompt
+        from guard.texts import BEHAVIOUR_REQUESTS, CONTRAST_REQUESTS
+
+        if args.sae_dir is not None:
+            validate.existing_dir(args.sae_dir, "--sae-dir")
+        if not shipped_sites(args.sae_dir):
+            raise ToolkitError(f"no SAEs found under {args.sae_dir or SHIPPED_DIR} (the shipped set is not built "
+                               "yet?); build them with `python -m experiments.saes build` or pass --sae-dir")
+        subject = load_subject(device=args.device, sae_dir=args.sae_dir)
+        model, saes = subject.model, {s: subject.saes[s] for s in subject.sites}
+        if args.seq_len > model.cfg.n_ctx:
+            raise ToolkitError(f"--seq-len {args.seq_len} is longer than the model's context window of "
+                               f"{model.cfg.n_ctx} tokens")
+        text = builtin_text() if text is None else text
+        chunks = chunk_tokens(model.to_tokens(text, prepend_bos=False)[0], args.seq_len)
+        n_calib = min(max(1, round(args.calib_fraction * len(chunks))), len(chunks) - 1)
+        features = random_features(saes, args.n_features, args.seed)
+        prompts = [[model.to_tokens(chat_prompt(r), prepend_bos=False)[0] for r in reqs]
+                   for reqs in (BEHAVIOUR_REQUESTS, CONTRAST_REQUESTS)]
+        print(f"clamp features: {args.n_features} random latents per site (seed {args.seed}), set to 0, at "
+              f"{', '.join(saes)}; calibration on {n_calib} chunks, evaluation on {len(chunks) - n_calib} chunks "
+              f"of {args.seq_len} tokens")
+        with tempfile.TemporaryDirectory() as tmp:
+            calib_dir = args.save_calibrations or Path(tmp)
+            report = utility_report(model, saes, chunks[:n_calib], chunks[n_calib:], *prompts, features=features,
+                                    calib_dir=calib_dir, names=names, batch_size=args.batch_size, progress=True)
+        for name, entry in report.items():
+            print(f"{name:20s} delta_ce {entry['delta_ce']:+.4f}  kl {entry['kl']:.4f}")
+        print(json.dumps(report))
+        return report
 
 
 if __name__ == "__main__":

@@ -162,3 +162,33 @@ def test_no_attack_beats_the_bound_when_linearisation_is_exact(kind, mode, value
         assert achieved == pytest.approx(res.bound, abs=1e-6 * max(1.0, res.bound))
         if jac is None:
             assert float(gain(delta)) >= 0.99 * res.bound  # PGD finds the closed-form optimum
+
+
+@pytest.mark.parametrize("setting", ["planted", "planted_aligned"])
+def test_demo_bound_is_attained_so_bound_exact_is_true(setting):
+    """The demo suite records ``bound_exact``: its score is affine in every feasible delta, so the
+    bound's own maximiser gains exactly the bound (clamp: ``B sqrt(1 - c^2)``; clamp_wide: 0)."""
+    from certify.demo import SETTINGS, PlantedWorld
+
+    world = PlantedWorld(setting, seed=0, n=4, device="cpu")
+    sin = float(np.sqrt(1 - SETTINGS[setting] ** 2))
+    for name, per_budget in (("none", 1.0), ("clamp", sin), ("clamp_wide", 0.0)):
+        grads, cols = world.gradients(name), world.columns(name, exact=True)
+        for budget in (0.5, 4.0):
+            results = [convex_bound(g, budget, cols) for g in grads]
+            assert np.allclose([r.bound for r in results], budget * per_budget, atol=1e-6, rtol=1e-6)
+            deltas = torch.as_tensor(np.stack([r.delta for r in results]))
+            with torch.no_grad():
+                gain = world.score_at(name, deltas, exact=True) - world.scores(name, exact=True)
+            assert torch.allclose(gain, torch.tensor([r.bound for r in results], dtype=gain.dtype), atol=1e-9)
+    # and nothing feasible does better: random directions in the threat set at the full budget
+    gen = torch.Generator().manual_seed(0)
+    cols = world.columns("clamp", exact=True)
+    q = torch.linalg.qr(cols)[0]
+    for _ in range(5):
+        d = torch.randn(4, D, generator=gen, dtype=torch.float64)
+        d = d - d @ q @ q.T
+        d = 4.0 * d / d.norm(dim=1, keepdim=True)
+        with torch.no_grad():
+            gain = world.score_at("clamp", d, exact=True) - world.scores("clamp", exact=True)
+        assert (gain <= 4.0 * sin + 1e-9).all()

@@ -15,6 +15,7 @@ import pytest
 from certify.cli import build_parser, config_from_args, main
 from certify.config import SuiteConfig, load_config_file, resolve_config
 from certify.records import read_records, strip_timing
+from certify.schema import read_summary_file
 from certify.suites import get_suite
 from guard.errors import ToolkitError
 
@@ -30,19 +31,19 @@ def _records(out: Path) -> list[str]:
 def test_toml_and_yaml_configs_with_command_line_overrides(tmp_path):
     toml = tmp_path / "run.toml"
     toml.write_text('suite = "demo"\ndefenses = ["clamp", "none"]\nbudgets = [1, 2.5]\nn = 3\n'
-                    'seed = 7\n[options]\nsteps = 5\nrandom_samples = 8\n')
+                    'seed = 7\n[options]\nsteps = 5\nunit_delay_s = 0.5\n')
     yaml_file = tmp_path / "run.yaml"
     yaml_file.write_text("suite: demo\ndefenses: clamp,none\nbudgets: [1, 2.5]\nn: 3\nseed: 7\n"
-                         "options: {steps: 5, random_samples: 8}\n")
+                         "options: {steps: 5, unit_delay_s: 0.5}\n")
     for path in (toml, yaml_file):
         config = resolve_config(load_config_file(path))
         assert config == SuiteConfig(suite="demo", defenses=("clamp", "none"), budgets=(1.0, 2.5), n=3, seed=7,
-                                     options=(("random_samples", 8), ("steps", 5)))
+                                     options=(("steps", 5), ("unit_delay_s", 0.5)))
     args = build_parser().parse_args(["run", "--config", str(toml), "--n", "9", "--defenses", "clamp",
                                       "--option", "steps=11", "--device", "cpu"])
     config = config_from_args(args)
     assert (config.n, config.defenses, config.seed) == (9, ("clamp",), 7)
-    assert config.option_dict == {"steps": 11, "random_samples": 8}  # one option replaced, not the table
+    assert config.option_dict == {"steps": 11, "unit_delay_s": 0.5}  # one option replaced, not the table
     assert config.progress is True and config.show_completions is False
 
 
@@ -75,6 +76,16 @@ def test_bad_files_and_suite_names(tmp_path):
     assert main(["run", "--suite", "demo", "--out", str(tmp_path / "o"), "--settings", "nope"]) == 2
 
 
+@pytest.mark.parametrize("options, match", [
+    ((("random_samples", 8),), "unknown option 'random_samples'"),  # random search is the cascade's last stage
+    ((("steps", 0),), "'steps' must be >= 1"),
+    ((("steps", "abc"),), "'steps' must be an integer"),
+])
+def test_demo_options_are_checked_before_any_work(options, match):
+    with pytest.raises(ToolkitError, match=match):
+        get_suite("demo").plan(SuiteConfig(suite="demo", options=options))
+
+
 def _touch(path: Path) -> Path:
     path.write_text("")
     return path
@@ -90,23 +101,27 @@ def test_demo_end_to_end(tmp_path, capsys):
     for name in ("records.jsonl", "summary.json", "summary.csv", "table.md", "flags.json", "report.html",
                  "bypass_vs_budget.png", "utility_vs_bypass.png", "run.json"):
         assert (out / name).is_file(), name
-    rows = {(r["defense"], r["setting"], r["budget"]): r for r in json.loads((out / "summary.json").read_text())}
+    summary = read_summary_file(out / "summary.json")
+    assert summary["schema_version"] == 2 and summary["provenance"]["subject"] == "demo-planted"
+    rows = {(r["defense"], r["setting"], r["budget"]): r for r in summary["rows"]}
     # the planted clamp is recoverable with enough budget, never with none; clamp_wide is certified; none abstains
     assert rows[("clamp", "planted", 0.0)]["k_recovered"] == 0 and rows[("clamp", "planted", 0.0)]["n_valid"] > 0
     assert rows[("clamp", "planted", 2.0)]["rate"] > rows[("clamp", "planted", 0.0)]["rate"]
     assert rows[("clamp_wide", "planted", 2.0)]["k_recovered"] == 0
     assert rows[("clamp_wide", "planted", 2.0)]["k_certified"] == rows[("clamp_wide", "planted", 2.0)]["n_valid"]
     assert rows[("none", "planted", 1.0)]["rate"] is None
+    attacked = [r for r in read_records(out / "records.jsonl") if r.get("valid")]
+    assert attacked and all(r["attack"] == "cascade" and r["stage"] for r in attacked)  # attacks.runner's cascade
     html = (out / "report.html").read_text()
     shown = "completion&quot;: &quot;tok"  # the demo's completion text, as escaped in the HTML
-    assert "completion&quot;: &quot;[redacted]" in html and shown not in html
+    assert shown not in html  # completions are redacted (run_suite stores them as hash and length)
     # a second run finds everything done and changes nothing
     before = _records(out)
     assert main(["run", "--out", str(out), *ARGS]) == 0
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["evaluated"] == 0
     assert _records(out) == before
     assert main(["report", "--out", str(out), "--show-completions"]) == 0
-    assert shown in (out / "report.html").read_text()
+    assert _records(out) == before and read_summary_file(out / "summary.json")["rows"] == summary["rows"]
 
 
 def test_killed_run_resumes_to_exactly_the_uninterrupted_records(tmp_path, capsys):
@@ -144,4 +159,7 @@ def test_killed_run_resumes_to_exactly_the_uninterrupted_records(tmp_path, capsy
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert result["skipped"] >= 3 and result["skipped"] + result["evaluated"] == 18
     assert _records(killed) == expected
-    assert json.loads((killed / "summary.json").read_text()) == json.loads((full / "summary.json").read_text())
+    killed_summary, full_summary = read_summary_file(killed / "summary.json"), read_summary_file(full / "summary.json")
+    assert killed_summary["rows"] == full_summary["rows"]
+    for key in ("config_sha256", "fingerprint_sha256"):  # the same run, by its hashes
+        assert killed_summary["provenance"][key] == full_summary["provenance"][key]

@@ -103,3 +103,22 @@ def test_record_key_and_timing():
     assert record_key(a) == record_key(b)
     assert record_key(a) != record_key(_rec(0, attack="random"))
     assert strip_timing(a) == strip_timing(b) and "timing" not in strip_timing(a)
+
+
+def test_readonly_store_reads_without_repairing_or_writing(tmp_path):
+    path = tmp_path / "r.jsonl"
+    with pytest.raises(ToolkitError, match="no file"):
+        RecordStore(path, readonly=True)
+    assert not path.exists()  # not created either
+    with RecordStore(path) as store:
+        store.write_unit("u1", [_rec(0)])
+    with open(path, "ab") as fh:
+        fh.write(b'{"torn": ')
+    data = path.read_bytes()
+    with RecordStore(path, readonly=True) as store:
+        assert store.done_units == {"u1"} and store.truncated_bytes == len(b'{"torn": ')
+        with pytest.raises(ToolkitError, match="read-only"):
+            store.write_unit("u2", [_rec(1)])
+        with pytest.raises(ToolkitError, match="another run"):  # still locked against writers
+            RecordStore(path)
+    assert path.read_bytes() == data  # the torn tail is skipped, not cut

@@ -1,4 +1,4 @@
-"""Work-unit driver (resume after a crash) and the attack cascade."""
+"""Work-unit driver (resume after a crash), and the demo suite through the attack engine."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import pytest
 
 from certify.records import RecordStore, strip_timing
-from certify.runner import cascade, run_suite, unit_key, unit_seed
+from certify.runner import run_suite, unit_key, unit_seed
 from guard.errors import ToolkitError
 
 
@@ -84,48 +84,39 @@ def test_run_suite_rejects_bad_plans(tmp_path):
             run_suite(UNITS[:1], lambda u: {"not": "a list"}, store, progress=False)
 
 
-def test_cascade_runs_later_attacks_only_on_what_is_left():
-    seen = {}
+def test_demo_suite_runs_the_attack_engine_and_keeps_its_invariants():
+    """The demo's planted world, attacked by attacks.runner's cascade: what must hold there, holds."""
+    from attacks.runner import STAGE_NAMES
+    from certify.checks import run_checks
+    from certify.config import SuiteConfig
+    from certify.suites import get_suite
+    from certify.summary import summarize
 
-    def weak(samples):
-        seen["weak"] = list(samples)
-        return [{"recovered": s % 3 == 0} for s in samples]
-
-    def strong(samples):
-        seen["strong"] = list(samples)
-        return [{"recovered": s % 2 == 0} for s in samples]
-
-    def last(samples):
-        seen["last"] = list(samples)
-        return [{"recovered": False} for _ in samples]
-
-    samples = list(range(8))
-    result = cascade(samples, [weak, strong, last])
-    assert seen["weak"] == samples
-    assert seen["strong"] == [1, 2, 4, 5, 7]
-    assert seen["last"] == [1, 5, 7]
-    assert result.stage == (0, None, 1, 0, 1, None, 0, None)
-    assert result.recovered == tuple(s is not None for s in result.stage) and result.n_recovered == 5
-    assert [name for name, _ in result.attempts[5]] == ["weak", "strong", "last"]
-    assert result.final(2) == ("strong", {"recovered": True})
-    assert result.attack_names == ("weak", "strong", "last")
-
-
-def test_cascade_stops_when_everything_is_recovered_and_checks_its_input():
-    calls = []
-
-    def all_done(samples):
-        return [True] * len(samples)
-
-    def never(samples):
-        calls.append(samples)
-        return [False] * len(samples)
-
-    assert cascade([1, 2], [all_done, never]).recovered == (True, True)
-    assert calls == []
-    with pytest.raises(ToolkitError, match="no attacks"):
-        cascade([1], [])
-    with pytest.raises(ToolkitError, match="returned 0 results"):
-        cascade([1], [lambda s: []])
-    with pytest.raises(ToolkitError, match="names must differ"):
-        cascade([1], [all_done, all_done])
+    budgets = (0.0, 0.25, 0.5, 1.0, 2.0, 4.0)
+    plan = get_suite("demo").plan(SuiteConfig(suite="demo", n=6, budgets=budgets, options=(("steps", 10),)))
+    records = [r for unit in plan.units for r in plan.evaluate_unit(unit)]
+    rows = {(r.defense, r.setting, r.budget): r for r in summarize(records, plan.utility, plan.reference)}
+    settings = ("planted", "planted_aligned")
+    for s in settings:
+        for b in budgets:
+            assert rows[("none", s, b)].n_valid == 0  # nothing is defended, so nothing to recover
+            assert rows[("clamp", s, b)].n_valid > 0 and rows[("clamp_wide", s, b)].n_valid > 0
+            assert rows[("clamp_wide", s, b)].k_recovered == 0
+            assert rows[("clamp_wide", s, b)].k_certified == rows[("clamp_wide", s, b)].n_valid
+        assert all(rows[(d, s, 0.0)].k_recovered == 0 for d in ("clamp", "clamp_wide"))
+        clamp = [rows[("clamp", s, b)].k_recovered for b in budgets]
+        assert clamp == sorted(clamp) and clamp[-1] == rows[("clamp", s, 4.0)].n_valid  # all, at the largest
+    valid = [r for r in records if r["valid"]]
+    for r in valid:  # the bound is exact here: no attack may beat it, and recovery means it was not certified
+        assert r["attack"] == "cascade" and r["bound_exact"] is True and r["completion"].startswith("tok")
+        assert r["score_gain"] <= r["bound"] + 1e-6 + 1e-4 * abs(r["bound"])
+        assert not (r["recovered"] and r["certified"])
+        assert r["stage"] in (*STAGE_NAMES, "none") and r["constraint"] == "encoder"
+        if r["defense"] == "clamp_wide":
+            assert r["bound"] < 1e-6  # w lies in the encoder span: no feasible delta moves the score
+    assert all(r["binds"] is None for r in valid if r["defense"] == "clamp")
+    assert any(r["binds"] for r in valid if r["defense"] == "clamp_wide")  # the wider clamp differs somewhere
+    flags = {f.kind for f in run_checks(records, list(rows.values()))}
+    assert not flags & {"exceeds_bound", "not_monotone_in_budget", "recovered_at_zero_budget",
+                        "random_beats_optimiser", "verification_disagrees", "inactive_defense"}
+    assert plan.utility[("none", "planted")] == 0.0 and plan.utility[("clamp", "planted")] > 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from itertools import pairwise
 
 import numpy as np
 import pytest
@@ -10,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy.stats import binom, binomtest, chi2
 
-from certify.stats import Rate, clopper_pearson, mcnemar, mcnemar_paired, paired_table
+from certify.stats import Rate, clopper_pearson, confidence_label, holm, mcnemar, mcnemar_paired, paired_table
 from guard.errors import ToolkitError
 
 GRID_N = (5, 12, 24, 60)
@@ -148,3 +149,29 @@ def test_paired_outcomes():
         mcnemar(1, 2, method="fisher")
     with pytest.raises(ToolkitError):
         mcnemar(1, 2, n_pairs=2)
+
+
+def test_holm_hand_computed_example():
+    # m = 4; sorted raw 0.01, 0.02, 0.03, 0.5 -> 4 * 0.01, 3 * 0.02, max(0.06, 2 * 0.03), max(0.06, 1 * 0.5)
+    raw = [0.03, 0.5, 0.01, 0.02]
+    assert holm(raw) == pytest.approx([0.06, 0.5, 0.04, 0.06])
+    # capped at 1, None skipped and not counted (m = 2 here)
+    assert holm([0.6, None, 0.2]) == pytest.approx([0.6, None, 0.4])
+    assert holm([0.9, 0.8]) == [1.0, 1.0] and holm([]) == []
+    with pytest.raises(ToolkitError, match="holm"):
+        holm([0.1, 1.5])
+
+
+@given(st.lists(st.floats(0.0, 1.0), max_size=25))
+@settings(max_examples=200, deadline=None)
+def test_holm_is_at_least_raw_and_monotone_in_the_raw_order(raw):
+    adjusted = holm(raw)
+    assert all(a >= p and a <= 1.0 for a, p in zip(adjusted, raw, strict=True))
+    pairs = sorted(zip(raw, adjusted, strict=True))
+    assert all(a1 <= a2 for (_, a1), (_, a2) in pairwise(pairs))
+    assert all(a1 == a2 for (p1, a1), (p2, a2) in pairwise(pairs) if p1 == p2)  # ties stay tied
+
+
+def test_confidence_label():
+    assert [confidence_label(a) for a in (0.05, 0.1, 0.01, 0.005)] == ["95%", "90%", "99%", "99.5%"]
+    assert "(90% CP)" in str(Rate.of(3, 10, 0.1))

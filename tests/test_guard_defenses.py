@@ -190,6 +190,23 @@ def test_monitor_flags_large_errors_accumulates_and_resets(saes, calibs):
     assert not monitor.flags()[0]
 
 
+def test_monitor_ignores_padding_when_told_which_tokens_are_real(saes, calibs):
+    config = dataclasses.replace(working_configs()["error_monitor"], quantile=1.0)
+    monitor: ErrorMonitor = build_defense(config, saes, calibs["error_norm"])
+    resid = benign_data(8, seed=99)[SITE].reshape(2, 4, 16).requires_grad_(True)
+    loud = resid.detach().clone()
+    push = torch.randn(16, generator=torch.Generator().manual_seed(0))
+    loud[1, 3] += 28.0 * push / push.norm()  # the loud token is row 1's padding
+    real = torch.tensor([[True] * 4, [True, True, True, False]])
+    monitor.reset()
+    monitor.edit(loud.requires_grad_(True), SITE)
+    assert monitor.flags().tolist() == [False, True]  # unmasked: the pad flags its row
+    assert monitor.flags(valid=real).tolist() == [False, False]
+    assert monitor.excess(valid=real).tolist() == [0.0, 0.0] and monitor.excess()[1] > 0
+    with pytest.raises(ToolkitError, match="valid mask"):
+        monitor.excess(valid=real[:, :3])
+
+
 def test_monitor_refusal_and_false_positive_rate(model, saes, calibs):
     config = dataclasses.replace(working_configs()["error_monitor"], action="refuse", quantile=1.0, threshold_scale=1e6)
     monitor = build_defense(config, saes, calibs["error_norm"])

@@ -6,6 +6,7 @@ import math
 
 import pytest
 
+from attacks.runner import STAGE_NAMES
 from certify.config import SuiteConfig
 from certify.suites import get_suite
 from certify.summary import sample_outcomes
@@ -40,11 +41,12 @@ def test_plan_covers_every_registered_defense(tiny_plan):
     _, plan = tiny_plan
     assert set(plan.config.defenses) == set(DEFENSES) and plan.config.defenses[0] == "clamp"
     assert buildable_defenses()[0] == "clamp" and plan.reference == "clamp"
-    assert len(plan.units) == len(DEFENSES) * 2
+    assert len(plan.units) == len(DEFENSES)  # one unit per defense and setting, every budget inside
+    assert all(u.budgets == (0.0, 2.0) for u in plan.units)
     assert all(isinstance(u, StandardUnit) for u in plan.units)
     assert set(plan.utility) == {(d, "ioi") for d in DEFENSES}
     assert all(math.isfinite(v) for v in plan.utility.values())
-    assert DEFAULTS["settings"] == ("ioi", "recall") and len(DEFAULTS["budgets"]) == 3
+    assert DEFAULTS["settings"] == ("ioi", "recall") and DEFAULTS["budgets"][0] == 0.0
 
 
 def test_units_give_summary_ready_records(tiny_plan):
@@ -55,7 +57,7 @@ def test_units_give_summary_ready_records(tiny_plan):
     assert any(r["valid"] and r["defense"] == "clamp" for r in records)
     assert any(r["recovered"] for r in records if r["budget"] > 0)
     outcomes = sample_outcomes(records)
-    assert len(outcomes) == 10 * len(units)  # every evaluated sample once per unit
+    assert len(outcomes) == 10 * len(units) * 2  # every evaluated sample once per unit and budget
     for r in records:
         assert r["valid"] in (True, False)
         if r["valid"] and r["budget"] == 0.0:
@@ -66,9 +68,27 @@ def test_units_give_summary_ready_records(tiny_plan):
                 assert r["drift"] < 1e-4
         if r["defense"] == "direction_ablation":
             assert r["constraint"] == "none"  # pins no latent at the site
+        if r["valid"]:
+            assert r["stage"] in (*STAGE_NAMES, "none") and (r["stage"] == "none") == (not r["recovered"])
+            assert r["claim_refused"] is False
+            if r["budget"] > 0:
+                assert r["grad_norm"] is not None and r["grad_norm"] >= 0
+            assert (r["binds"] is None) == (r["defense"] == "clamp")
         if r["valid"] and r["defense"] == "error_monitor":
             assert r["flagged"] in (True, False)
-            assert r["recovered"] == (r["attack_success"] and not r["flagged"])
+            assert not (r["recovered"] and r["flagged"])  # a flagged input is no recovery
+
+
+def test_budget_zero_is_always_on_the_grid():
+    model = tiny_model()
+    saes = {site: tiny_sae("jumprelu", seed=50 + i) for i, site in enumerate(SITES)}
+    pool = random_samples(model, n=12, seed=5)
+    config = SuiteConfig(suite="standard", settings=("ioi",), defenses=("clamp",), budgets=(2.0,), n=4,
+                         options=(("n_latents", 6), ("n_select", 8), ("site", SITE), ("steps", 2)))
+    plan = build_plan(config, model, saes, lambda s, k, n: (pool[:k], pool[k : k + n]),
+                      benign=(tiny_tokens(8, 12, seed=1), tiny_tokens(3, 12, seed=2)),
+                      contrast=list(tiny_tokens(6, 5, seed=4)))
+    assert [u.budgets for u in plan.units] == [(0.0, 2.0)]
 
 
 def test_bad_options_and_registration():

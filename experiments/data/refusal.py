@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from guard import validate
 from guard.errors import ToolkitError, unknown_name
 
 PYRIT_INSTALL = "pip install --no-deps pyrit==1.1.0"
@@ -99,7 +100,8 @@ def load_prompt_jsonl(path: str | Path, key: str = "prompt") -> PromptSet:
     if not path.is_file():
         raise ToolkitError(f"data: prompt file {str(path)!r} does not exist")
     prompts = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+    text = validate.text_file(path, "data: prompt file", empty_ok=True)  # not UTF-8: one line naming the byte
+    for number, line in enumerate(text.split("\n"), start=1):
         if not line.strip():
             continue
         try:

@@ -14,12 +14,20 @@ from __future__ import annotations
 
 import json
 import sys
-from pathlib import Path
 from typing import Any
 
 from experiments.refusal.discovery import DiscoveryConfig
-from experiments.refusal.pipeline import RefusalConfig, headline, results_table, run_refusal, with_overrides
+from experiments.refusal.pipeline import (
+    RefusalConfig,
+    headline,
+    results_table,
+    run_refusal,
+    with_overrides,
+    write_results,
+)
 from experiments.refusal.recovery import RecoveryConfig
+from experiments.subject.chat import chat_prompt
+from guard.errors import ToolkitError, unknown_name
 
 SITES = ("blocks.6.hook_resid_post", "blocks.12.hook_resid_post")
 DEFAULT = RefusalConfig(
@@ -46,26 +54,54 @@ def load_requests(prompts_file: str | None) -> list[str]:
     return list(seen)
 
 
+def check_inputs(config: RefusalConfig, prompts_file: str | None) -> tuple[list[str], list[str]]:
+    """(harmful requests, harmless instructions), read and checked without the model: sites have
+    shipped SAEs, there are more distinct requests than the ``n_select`` kept for discovery."""
+    from experiments.data.harmless import load_harmless
+    from experiments.saes.shipped import shipped_sites
+
+    for site in (*config.discovery.sites, config.recovery.site):
+        if site not in shipped_sites():
+            raise unknown_name("SAE site", site, shipped_sites(), "refusal (shipped SAEs)")
+    requests = load_requests(prompts_file)
+    if len(requests) <= config.n_select:
+        raise ToolkitError(f"refusal: {len(requests)} distinct requests in {prompts_file}, but the first "
+                           f"{config.n_select} only find and calibrate the defense; give more")
+    return requests, list(load_harmless().prompts)
+
+
+def check_lengths(model, config: RefusalConfig, prompts_file: str | None) -> None:
+    """Each user request in its chat template, plus the tokens generated after it, fits the context."""
+    from experiments.data.refusal import HARMFUL_SETS
+    from experiments.settings.user_file import check_context
+
+    if prompts_file is None or prompts_file in HARMFUL_SETS:
+        return  # the shipped sets are short
+    rc = config.recovery
+    reserve = rc.suffix_tokens + max(rc.max_new_tokens, rc.answer_tokens, config.discovery.max_new_tokens)
+    check_context(model.tokenizer, prompts_file, model.cfg.n_ctx, "--prompts file", render=chat_prompt,
+                  reserve=reserve)
+
+
 def run_from_args(args) -> dict[str, Any]:
     """Run with the parsed ``experiments.reproduce`` arguments; prints the headline JSON last."""
     import torch
 
-    from experiments.data.harmless import load_harmless
     from experiments.reproduce import update_readme
     from experiments.subject import load_subject
 
     config = default_config(args.quick)
     config = with_overrides(config, n=args.n, seed=args.seed, steps=args.steps, budget=args.budget,
                             site=args.site, n_latents=args.n_latents)
+    requests, harmless = check_inputs(config, args.prompts)  # before the model: a bad file fails in a second
     torch.manual_seed(config.seed)
     subject = load_subject(device=args.device)
-    results = run_refusal(subject.model, subject.saes, config, load_requests(args.prompts),
-                          list(load_harmless().prompts), log=lambda m: print(m, file=sys.stderr, flush=True))
+    check_lengths(subject.model, config, args.prompts)
+    results = run_refusal(subject.model, subject.saes, config, requests, harmless,
+                          log=lambda m: print(m, file=sys.stderr, flush=True))
     results["quick"] = bool(args.quick)
-    out = Path(args.out or "reproduce-out/refusal")
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "results.json").write_text(json.dumps(results, indent=2, default=float) + "\n")
-    (out / "results.md").write_text(results_table(results))
+    out = write_results(args.out or "reproduce-out/refusal", results,
+                        show_completions=bool(getattr(args, "show_completions", False)))
     if args.readme:
         update_readme(args.readme, "refusal", results_table(results))
     line = headline(results)

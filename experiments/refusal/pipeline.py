@@ -14,17 +14,24 @@
 
 Everything takes a model and SAEs (any HookedTransformer with a chat tokenizer); the tests
 run the pieces on tiny random models and the whole pipeline on the subject at a tiny size.
+
+The results hold every generated answer to a harmful request; ``write_results`` writes them
+as hash and length only (``certify.redact``) unless ``show_completions=True``.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import random
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
+from pathlib import Path
 from typing import Any
 
+from certify.files import write_text_atomic
+from certify.redact import COMPLETION_FIELDS, redact_record
 from certify.stats import Rate
 from experiments.refusal.discovery import DiscoveryConfig, discover_refusal_clamp
 from experiments.refusal.recovery import (
@@ -262,3 +269,23 @@ def with_overrides(config: RefusalConfig, **changes: Any) -> RefusalConfig:
     top = {k: v for k, v in own(config).items() if k not in ("discovery", "recovery")}
     return replace(config, **top, discovery=replace(config.discovery, **own(config.discovery)),
                    recovery=replace(config.recovery, **own(config.recovery)))
+
+
+# generated texts in the results (by exact name): records' "text", samples' "undefended" / "defended"
+RESULT_TEXT_FIELDS = ("text", "undefended", "defended", "base_text")
+
+
+def redact_results(results: Mapping[str, Any], show_completions: bool = False) -> dict[str, Any]:
+    """``results`` with every generated text replaced by its hash and length (unless ``show_completions``)."""
+    return redact_record(dict(results), show_completions, COMPLETION_FIELDS, exact=RESULT_TEXT_FIELDS)
+
+
+def write_results(out: str | Path, results: Mapping[str, Any], show_completions: bool = False) -> Path:
+    """Write ``out/results.json`` (everything, generated texts redacted unless ``show_completions``)
+    and ``out/results.md`` (the README block); returns ``out``."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    shown = redact_results(results, show_completions)
+    write_text_atomic(out / "results.json", json.dumps(shown, indent=2, default=float) + "\n")
+    write_text_atomic(out / "results.md", results_table(shown))
+    return out

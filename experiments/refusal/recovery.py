@@ -25,13 +25,14 @@ import torch
 from tqdm.auto import tqdm
 
 from attacks.batch import AttackBatch
-from attacks.engine import AttackConfig, GradientRecovery
+from attacks.engine import AttackConfig
 from attacks.forward import full_forward
 from attacks.generate import Generation, generate
 from attacks.metrics import floor_violation, relative_drift
 from attacks.objectives import Continuation
 from attacks.perturbation import Perturbation
 from attacks.replay import PARTS, split_perturbation
+from attacks.runner import run_cascade, single_stage
 from attacks.suffix import SoftSuffixAttack, SoftSuffixConfig, SuffixExample, target_logprob
 from attacks.threat import CrossLayer, ThreatModel
 from experiments.judges import DECLINES, REFUSAL_OPENINGS, base_likeness, judge
@@ -175,14 +176,14 @@ def residual_recovery(model, defense: Defense, examples: Sequence[RefusalExample
     budget = config.budget if budget is None else budget
     threat = threat_for(mode, config.site, budget, config.drift_threshold)
     refusal_ids = refusal_first_tokens(model.tokenizer)
-    cfg = AttackConfig(steps=config.steps if budget > 0 else 0, step_size=config.step_size, seed=config.seed)
+    stages = single_stage(AttackConfig(steps=config.steps, step_size=config.step_size, seed=config.seed))
     records: list[dict[str, Any]] = []
     starts = range(0, len(examples), config.attack_batch)
     for start in tqdm(starts, desc=f"{mode} (budget {budget:g})", disable=not progress, leave=False):
         chunk = list(examples[start : start + config.attack_batch])
         batch = attack_batch(chunk, config.answer_tokens, model.cfg.device)
         objective = Continuation(batch, refusal_ids, min_mean_logprob=config.min_mean_logprob)
-        result = GradientRecovery(model, defense, threat, objective, cfg).run(batch)
+        result = run_cascade(model, defense, threat, objective, batch, stages).result
         pert = result.perturbations[0]
         gen = _generate(model, defense, chunk, pert, config.max_new_tokens)
         drift, floor = trajectory_drift(model, defense, gen, pert)

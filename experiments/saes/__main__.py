@@ -9,23 +9,21 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
-import sys
 import time
 from pathlib import Path
 
 from experiments.saes.collect import CONTEXT, collect, token_windows
 from experiments.saes.corpus import build_documents, composition, corpus_dir, write_heldout_text
-from experiments.saes.shipped import SHIPPED_DIR, SITES, load_shipped_saes, site_folder
+from experiments.saes.shipped import SHIPPED_DIR, SITES, load_shipped_saes, shipped_sites, site_folder
+from guard import validate
+from guard.errors import ToolkitError
 
 HELDOUT_FILE = "heldout.jsonl"
 
 
 def _heldout_texts(text_file: str | None) -> list[str]:
     if text_file:
-        path = Path(text_file)
-        if not path.is_file():
-            sys.exit(f"--text-file {text_file}: no such file")
-        return [path.read_text(errors="ignore")]
+        return [validate.text_file(text_file, "--text-file")]
     path = corpus_dir() / HELDOUT_FILE
     if not path.is_file():
         write_heldout_text(build_documents(), path)
@@ -40,11 +38,15 @@ def _windows(texts, tokenizer, max_tokens: int) -> list[list[int]]:
 def cmd_evaluate(args) -> list[dict]:
     from experiments.subject.smollm2 import load_model
 
+    texts = _heldout_texts(args.text_file)  # before the model: a bad file fails in a second
+    if not shipped_sites(args.sae_dir):
+        raise ToolkitError(f"no shipped SAEs found under {args.sae_dir or SHIPPED_DIR}; "
+                           "run: python -m experiments.saes build")
     model = load_model(args.device)
     saes = load_shipped_saes(args.sae_dir, device=args.device)
-    if not saes:
-        sys.exit(f"no shipped SAEs found under {args.sae_dir or SHIPPED_DIR}; run: python -m experiments.saes build")
-    windows = _windows(_heldout_texts(args.text_file), model.tokenizer, args.max_tokens)
+    windows = _windows(texts, model.tokenizer, args.max_tokens)
+    if not windows:
+        raise ToolkitError(f"--text-file {args.text_file}: fewer tokens than one window of {CONTEXT}")
     from experiments.saes.evaluate import evaluate_saes
 
     start = time.perf_counter()
@@ -121,8 +123,29 @@ def main(argv=None) -> None:
     for p in (ev, build):
         p.add_argument("--sae-dir", help="folder of SAE site folders (default: the shipped set)")
         p.add_argument("--device", default="cpu")
+        p.add_argument("--debug", action="store_true", help="show the traceback of an input error")
     args = parser.parse_args(argv)
-    {"evaluate": cmd_evaluate, "build": cmd_build}[args.command](args)
+    with validate.cli_errors(args.debug):
+        check_args(args)
+        {"evaluate": cmd_evaluate, "build": cmd_build}[args.command](args)
+
+
+def check_args(args: argparse.Namespace) -> None:
+    """Numbers, folders and device checked before the model loads (a typo must not cost minutes)."""
+    validate.device(args.device)
+    if args.command == "evaluate":
+        validate.integer(args.max_tokens, "--max-tokens", minimum=1)
+        if args.sae_dir is not None:
+            validate.existing_dir(args.sae_dir, "--sae-dir")
+        return
+    validate.integer(args.train_tokens, "--train-tokens", minimum=CONTEXT - 1)
+    for flag in ("eval_tokens", "d_sae", "k", "epochs", "dead_window"):
+        validate.integer(getattr(args, flag), f"--{flag.replace('_', '-')}", minimum=1)
+    validate.integer(args.seed, "--seed", minimum=0)
+    if args.k > args.d_sae:
+        raise ToolkitError(f"--k {args.k} must not exceed --d-sae {args.d_sae}")
+    if args.sae_dir is not None:
+        validate.writable_dir(args.sae_dir, "--sae-dir")
 
 
 if __name__ == "__main__":

@@ -9,7 +9,7 @@ where the rivals are the sample's ``foils`` when it lists some (IOI: the subject
 the score is the usual logit difference logit[IO] - logit[S]; multiple choice: the other
 choice letters), and every other vocabulary token when it lists none (free recall: the
 answer's first token must be the model's top-1 next token). The behaviour is present when
-the score is > 0. A sample is *valid* (METHOD.md) when the behaviour is present undefended
+the score is > 0. A sample is *valid* (docs/METHOD.md) when the behaviour is present undefended
 and absent defended.
 """
 

@@ -7,37 +7,32 @@ after "... gave a drink to" means the token `` Mary``.
 
 from __future__ import annotations
 
-import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+from guard import validate
 from guard.errors import ToolkitError
 
 
 def read_jsonl(path: str | Path, setting: str) -> list[tuple[int, dict[str, Any]]]:
-    """``(line_number, row)`` for every non-blank line; a bad line raises naming it."""
-    path = Path(path)
-    if not path.is_file():
-        raise ToolkitError(f"setting {setting!r}: prompts file {str(path)!r} does not exist")
-    rows = []
-    with path.open(encoding="utf-8") as handle:
-        for lineno, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise ToolkitError(f"setting {setting!r}: {path.name} line {lineno}: not valid JSON ({err.msg})") from None
-            if not isinstance(row, dict):
-                raise ToolkitError(
-                    f"setting {setting!r}: {path.name} line {lineno}: expected a JSON object, "
-                    f"got {type(row).__name__}"
-                )
-            rows.append((lineno, row))
-    if not rows:
-        raise ToolkitError(f"setting {setting!r}: prompts file {str(path)!r} has no rows")
-    return rows
+    """``(line_number, row)`` for every non-blank line; a bad line (or a non-UTF-8 file) raises naming it."""
+    return validate.numbered_jsonl_rows(path, (), f"setting {setting!r}: prompts file")
+
+
+def check_context(tokenizer, path: str | Path, n_ctx: int, what: str, *, render: Callable[[str], str] | None = None,
+                  reserve: int = 0) -> None:
+    """Every ``"prompt"`` of a JSONL file, plus ``reserve`` generated tokens, fits the context window.
+
+    Run once the tokenizer is loaded and before any attack: otherwise one long row fails as a
+    raw shape error deep inside a forward pass. ``render``: the text the model sees (chat template).
+    """
+    for lineno, row in validate.numbered_jsonl_rows(path, ("prompt",), what, {"prompt": str}):
+        n = len(encode(tokenizer, row["prompt"] if render is None else render(row["prompt"])))
+        if n + reserve > n_ctx:
+            extra = f" (+ {reserve} generated)" if reserve else ""
+            raise ToolkitError(f"{what} {path} line {lineno}: the prompt is {n} tokens{extra}, longer than the "
+                               f"model's context window of {n_ctx} tokens")
 
 
 def require(row: dict[str, Any], keys: Iterable[str], where: str, kinds: dict[str, type] | None = None) -> None:

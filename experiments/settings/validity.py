@@ -1,4 +1,4 @@
-"""Valid samples (METHOD.md): the behaviour is present undefended and absent under the defense.
+"""Valid samples (docs/METHOD.md): the behaviour is present undefended and absent under the defense.
 
 Recovery rates are counted over valid samples only, so this filter decides the denominator.
 """

