@@ -35,12 +35,11 @@ small budgets) and importing TransformerLens and SAELens; ``--option steps=10`` 
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import math
 import time
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -59,6 +58,7 @@ from certify.config import SuiteConfig, check_options
 from certify.outcomes import SampleRecord
 from certify.provenance import sha256_tensors
 from certify.runner import unit_seed
+from certify.selftest import one_thread
 from certify.suites import SuitePlan
 from guard.base import Defense, NoDefense
 from guard.clamp import ClampConfig, FeatureClamp
@@ -262,17 +262,6 @@ def _planted_sae(randn, e0: torch.Tensor, e1: torch.Tensor, device: str) -> Stan
     return sae
 
 
-@contextlib.contextmanager
-def _one_thread() -> Iterator[None]:
-    """Tiny tensors: extra CPU threads only add contention (20x slower on a loaded machine)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
-
-
 @functools.lru_cache(maxsize=8)
 def _world(setting: str, seed: int, n: int, device: str) -> PlantedWorld:
     return PlantedWorld(setting, seed, n, device)
@@ -363,11 +352,11 @@ def build_demo(config: SuiteConfig) -> SuitePlan:
     def evaluate(unit: DemoUnit) -> list[dict[str, Any]]:
         if delay:
             time.sleep(delay)
-        with _one_thread():
+        with one_thread():
             return evaluate_demo_unit(unit, config.device)
 
     utility = {}
-    with _one_thread():
+    with one_thread():
         worlds = {s: _world(s, config.seed, config.n, config.device) for s in config.settings}
         for setting, world in worlds.items():
             clean = world.cross_entropy("none")

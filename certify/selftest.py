@@ -115,6 +115,11 @@ def tiny_sae(seed: int = 0, d_in: int = D_MODEL, d_sae: int = D_SAE, dtype: torc
     from sae_lens import JumpReLUSAE, JumpReLUSAEConfig
 
     sae = JumpReLUSAE(JumpReLUSAEConfig(d_in=d_in, d_sae=d_sae, dtype=str(dtype).removeprefix("torch.")))
+    return randomise_sae(sae, seed, dtype)
+
+
+def randomise_sae(sae, seed: int, dtype: torch.dtype = torch.float32):
+    """Give every parameter of ``sae`` (biases, thresholds too) a non-trivial random value; eval mode."""
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, param in sae.named_parameters():
@@ -341,7 +346,7 @@ class SelfTestResult:
 
 
 @contextlib.contextmanager
-def _one_thread() -> Iterator[None]:
+def one_thread() -> Iterator[None]:
     """Tiny tensors: thread start-up costs more than it saves, and suites may run side by side."""
     before = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -474,7 +479,7 @@ def run_selftest(name: str, steps: int = 20, stages: Sequence[Stage] | None = No
                               "certify.selftest.register_selftest"), ()
     stages = default_stages(steps=steps, seed=seed) if stages is None else tuple(stages)
     start = time.perf_counter()
-    with _one_thread():
+    with one_thread():
         world = tiny_world()
         try:
             defense = builder(dict(world.saes), dict(world.calibrations))  # copies: a builder may edit them

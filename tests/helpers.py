@@ -13,6 +13,8 @@ from sae_lens import (
 )
 from transformer_lens import HookedTransformer, HookedTransformerConfig
 
+from certify.selftest import randomise_sae
+
 D_MODEL = 16
 D_SAE = 32
 D_VOCAB = 50
@@ -41,18 +43,6 @@ def tiny_model(n_layers: int = 2, seed: int = 0, dtype: torch.dtype = torch.floa
     return HookedTransformer(cfg).eval()
 
 
-def _randomise(sae, seed: int, dtype: torch.dtype):
-    """Give every parameter (biases, thresholds) a non-trivial random value."""
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, param in sae.named_parameters():
-            values = torch.randn(param.shape, generator=gen) * 0.3
-            if name == "threshold":
-                values = values.abs() * 0.2
-            param.copy_(values)
-    return sae.to(dtype).eval()
-
-
 def tiny_sae(kind: str = "standard", d_in: int = D_MODEL, d_sae: int = D_SAE, seed: int = 0,
              dtype: torch.dtype = torch.float32, k: int = 4):
     """A tiny random SAELens SAE: ``standard`` (ReLU), ``jumprelu`` or ``topk``."""
@@ -65,7 +55,7 @@ def tiny_sae(kind: str = "standard", d_in: int = D_MODEL, d_sae: int = D_SAE, se
         sae = TopKSAE(TopKSAEConfig(k=k, **common))
     else:
         raise ValueError(f"unknown tiny SAE kind {kind!r}")
-    return _randomise(sae, seed, dtype)
+    return randomise_sae(sae, seed, dtype)
 
 
 def tiny_tokens(batch: int = 3, pos: int = 8, seed: int = 0) -> torch.Tensor:
