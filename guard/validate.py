@@ -18,7 +18,7 @@ import math
 import os
 import re
 import sys
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -92,6 +92,17 @@ def text_file(path: str | os.PathLike[str], what: str, *, empty_ok: bool = False
     return text.removeprefix("\ufeff")
 
 
+def require_keys(row: Mapping[str, Any], keys: Iterable[str], where: str,
+                 kinds: Mapping[str, type] | None = None) -> None:
+    """Every key present (and of the given type): else an error listing what is missing."""
+    missing = [k for k in keys if k not in row]
+    if missing:
+        raise ToolkitError(f"{where}: missing key(s) {missing}; the row has {sorted(row)}")
+    for key, kind in (kinds or {}).items():
+        if key in row and not isinstance(row[key], kind):
+            raise ToolkitError(f"{where}: {key!r} must be a {kind.__name__}, got {row[key]!r}")
+
+
 def numbered_jsonl_rows(path: str | os.PathLike[str], required_keys: Sequence[str], what: str,
                         kinds: Mapping[str, type] | None = None) -> list[tuple[int, dict[str, Any]]]:
     """``(line number, row)`` of every non-blank line of a JSONL file; a bad line raises naming it."""
@@ -106,12 +117,7 @@ def numbered_jsonl_rows(path: str | os.PathLike[str], required_keys: Sequence[st
             raise ToolkitError(f"{label} line {lineno}: not valid JSON ({err.msg})") from None
         if not isinstance(row, dict):
             raise ToolkitError(f"{label} line {lineno}: expected a JSON object, got {type(row).__name__}")
-        missing = [k for k in required_keys if k not in row]
-        if missing:
-            raise ToolkitError(f"{label} line {lineno}: missing key(s) {missing}; the row has {sorted(row)}")
-        for key, kind in (kinds or {}).items():
-            if key in row and not isinstance(row[key], kind):
-                raise ToolkitError(f"{label} line {lineno}: {key!r} must be a {kind.__name__}, got {row[key]!r}")
+        require_keys(row, required_keys, f"{label} line {lineno}", kinds)
         rows.append((lineno, row))
     if not rows:
         raise ToolkitError(f"{label} has no rows")

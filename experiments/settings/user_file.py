@@ -37,12 +37,7 @@ def check_context(tokenizer, path: str | Path, n_ctx: int, what: str, *, render:
 
 def require(row: dict[str, Any], keys: Iterable[str], where: str, kinds: dict[str, type] | None = None) -> None:
     """Every key present (and of the given type): else an error listing what is missing."""
-    missing = [k for k in keys if k not in row]
-    if missing:
-        raise ToolkitError(f"{where}: missing key(s) {missing}; the row has {sorted(row)}")
-    for key, kind in (kinds or {}).items():
-        if key in row and not isinstance(row[key], kind):
-            raise ToolkitError(f"{where}: {key!r} must be a {kind.__name__}, got {row[key]!r}")
+    validate.require_keys(row, keys, where, kinds)
 
 
 def continuation(prompt: str, answer: str) -> str:
