@@ -193,10 +193,11 @@ def _merge(old: AttackResult, new: AttackResult, left: torch.Tensor, stage: list
 
 @dataclass(frozen=True)
 class AttackedChunk(Generic[S]):
-    """One attacked batch: its samples, the batch and the cascade's outcome."""
+    """One attacked batch: its samples, the batch, its objective and the cascade's outcome."""
 
     samples: list[S]
     batch: AttackBatch
+    objective: Objective
     outcome: CascadeOutcome
 
 
@@ -219,8 +220,9 @@ def attack_samples(model, defense: Defense, threat: ThreatModel, samples: Sequen
         budget = None
         if budget_of is not None:
             budget = torch.tensor([float(budget_of(s)) for s in chunk], device=batch.tokens.device)
-        outcome = run_cascade(model, defense, threat, objective_for(chunk), batch, stages, budget)
-        chunks.append(AttackedChunk(chunk, batch, outcome))
+        objective = objective_for(chunk)
+        outcome = run_cascade(model, defense, threat, objective, batch, stages, budget)
+        chunks.append(AttackedChunk(chunk, batch, objective, outcome))
         if progress is not None:
             progress(len(chunk))
     return chunks

@@ -190,9 +190,9 @@ def build_world(model, saes: Mapping[str, object], setting_name: str, select: Se
 
 
 @torch.no_grad()
-def _reference_scores(model, reference: Defense, objective: SettingObjective, chunk: AttackedChunk) -> torch.Tensor:
+def _reference_scores(model, reference: Defense, chunk: AttackedChunk) -> torch.Tensor:
     """The objective under the reference defense at the same attacked inputs (for ``binds``)."""
-    batch, perts = chunk.batch, list(chunk.outcome.result.perturbations)
+    batch, objective, perts = chunk.batch, chunk.objective, list(chunk.outcome.result.perturbations)
     logits, _ = full_forward(model, reference, batch, perts, readout=objective.readout(batch))
     return objective.score(logits, torch.arange(batch.size, device=batch.tokens.device)).cpu()
 
@@ -227,9 +227,8 @@ def evaluate_unit(world: SettingWorld, unit: StandardUnit, model, *, attack_batc
                                  lambda p: world.evaluate[p[0]].tokens, stages, batch_size=attack_batch,
                                  budget_of=lambda p: p[1])
     for chunk in chunks:
-        objective = SettingObjective([world.evaluate[i] for i, _ in chunk.samples])
         result = chunk.outcome.result
-        ref = None if reference is None else _reference_scores(model, reference, objective, chunk)
+        ref = None if reference is None else _reference_scores(model, reference, chunk)
         for j, (i, b) in enumerate(chunk.samples):
             binds = None
             if ref is not None:  # the defense changed the outcome's score, or its detector fired
