@@ -240,8 +240,8 @@ class RecoveryAttack:
 
     @staticmethod
     def _real(batch: AttackBatch, rows: torch.Tensor, out: StepOutput) -> torch.Tensor:
-        """Bool [n, T - offset]: the real (not padding) tokens of the rows in a search forward."""
-        return batch.valid()[rows, out.offset:]
+        """Bool [n, L]: the real (not padding) tokens among a search forward's columns."""
+        return out.take(batch.valid()[rows]) & out.computed
 
     def _search_context(self):
         return straight_through() if self.config.straight_through else contextlib.nullcontext()
@@ -293,8 +293,8 @@ class RecoveryAttack:
                         deltas = {s: d.detach().requires_grad_() for s, d in deltas.items()}
                     out = fwd.run(rows, deltas, monitor)
                     score = objective.score(out.logits, rows)
-                    drift = metrics.relative_drift(out.latents, fwd.baseline_latents(rows, out.offset),
-                                                   fwd.monitor_mask(rows, out.offset))
+                    drift = metrics.relative_drift(out.latents, fwd.baseline_latents(rows, out),
+                                                   fwd.monitor_mask(rows, out))
                 feasible = drift.detach() <= tau
                 if self._detector():  # a flagged input is no recovery, whatever the objective says
                     feasible = feasible & (self.defense.excess(valid=self._real(batch, rows, out)).detach() <= 0)
@@ -487,8 +487,8 @@ class GradientRecovery(RecoveryAttack):
     def _constrained_rows(self, ctx: RunContext, rows: torch.Tensor, out: StepOutput):
         """Flattened downstream defended latents [n, m], their baseline and validity."""
         fwd = ctx.forward
-        base = fwd.baseline_latents(rows, out.offset)
-        valid = fwd.monitor_mask(rows, out.offset)
+        base = fwd.baseline_latents(rows, out)
+        valid = fwd.monitor_mask(rows, out)
         phi, phi0, ok = [], [], []
         for d, z, z0 in zip(self.bound.monitored, out.latents, base, strict=True):
             if d.site in ctx.sites and ctx.bound.projectors[d.site] is not None:

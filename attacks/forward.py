@@ -5,11 +5,15 @@ Setup runs the un-attacked defended model once over the whole batch and keeps
 (b) the defended residual at every perturbed site (for relative budgets),
 (c) the defense-input latents at every monitored defended site (drift baseline),
 (d) the keys and values of every layer (a TransformerLens KV cache).
-Each attack step then starts at the perturbed layer (``start_at_layer``) and, for rows
-whose perturbed and read-out positions all lie at or after position ``p0``, feeds only
-positions ``[p0, T)`` with the cached keys/values of ``[0, p0)`` (TransformerLens combines
-``start_at_layer`` with ``past_kv_cache``; right padding needs no attention mask). Logits
-are computed only at the read-out positions.
+Each attack step then starts at the perturbed layer (``start_at_layer``) and feeds every row
+only its own positions ``[p_r, length_r)``, where ``p_r`` is the row's first perturbed or
+read-out position, with the cached keys/values of ``[0, p_r)``. Rows are left-aligned into
+``[n, L]`` columns (``L`` the longest such span) and share a cache of the longest prefix;
+an attention mask hides each row's cached positions from ``p_r`` on (they are recomputed)
+and gives every column its true rotary position (TransformerLens caches keys un-rotated and
+takes positions from the mask's running count). With the standard suite's last-token threat
+a row costs one position instead of ``T - min_r p_r`` (3.9x fewer on IOI and recall).
+Logits are computed only at the read-out positions.
 
 Assumes the defense edits each position independently (true for clamps and the
 residual-aware defenses in guard/); pass ``reuse_prefix=False`` for one that mixes
@@ -46,13 +50,25 @@ def start_layer(model, site: str) -> int:
 class StepOutput:
     """One attacked forward over rows ``rows``: logits at read-out positions, monitored latents.
 
-    logits: [n, R, d_vocab]; latents: one [n, L, |S|] per monitored ``DefendedLatents``
-    (positions ``[offset, offset + L)``); offset: absolute position of the first computed position.
+    logits: [n, R, d_vocab]; latents: one [n, L, |S|] per monitored ``DefendedLatents``, column j
+    of row r at absolute position ``positions[r, j]`` (long [n, L], clamped into the batch);
+    computed: bool [n, L], the columns that are real positions of the row (the rest pad the row).
     """
 
     logits: torch.Tensor
     latents: list[torch.Tensor]
-    offset: int
+    positions: torch.Tensor
+    computed: torch.Tensor
+
+    def take(self, x: torch.Tensor) -> torch.Tensor:
+        """``x`` [n, T, ...] (rows already selected) at this forward's columns: [n, L, ...]."""
+        return take_positions(x, self.positions)
+
+
+def take_positions(x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    """``x`` [n, T, ...] gathered along dim 1 at ``positions`` [n, L]: [n, L, ...]."""
+    index = positions.reshape(*positions.shape, *([1] * (x.ndim - 2))).expand(-1, -1, *x.shape[2:])
+    return x.gather(1, index)
 
 
 class DefendedForward:
@@ -81,11 +97,12 @@ class DefendedForward:
         self.first_needed = torch.minimum(first, readout.amin(dim=1))
         if not reuse_prefix:
             self.first_needed = torch.zeros_like(first)
+        self.end = torch.maximum(batch.lengths, readout.amax(dim=1) + 1)  # one past the last needed position
         # Monitored latents count only at positions delta can reach: [first perturbed, length).
         pos = torch.arange(batch.width, device=batch.tokens.device)[None]
         self.monitor_valid = (pos >= first[:, None]) & (pos < batch.lengths[:, None])
         self._cache_key: tuple | None = None
-        self._cache: TransformerLensKeyValueCache | None = None
+        self._cache: tuple[TransformerLensKeyValueCache, torch.Tensor] | None = None
         self._setup()
 
     # -- hooks -------------------------------------------------------------------------------
@@ -99,9 +116,9 @@ class DefendedForward:
             hooks.append((latents.site, fn))
         return hooks
 
-    def _hooks(self, perturbations: list[Perturbation], offset: int, store: list) -> list[tuple[str, Callable]]:
+    def _hooks(self, perturbations: list[Perturbation], store: list) -> list[tuple[str, Callable]]:
         # Ordering contract: perturbation, then monitors (defense input), then the defense.
-        return perturbation_hooks(perturbations, offset) + self._monitor_hooks(store) + self.defense.fwd_hooks()
+        return perturbation_hooks(perturbations) + self._monitor_hooks(store) + self.defense.fwd_hooks()
 
     # -- setup -------------------------------------------------------------------------------
     @torch.no_grad()
@@ -117,7 +134,7 @@ class DefendedForward:
         def capture_out(resid, hook):
             captured[hook.name] = resid.detach().clone()
 
-        hooks = [(self.start_site, capture_in)] + self._hooks([], 0, store)
+        hooks = [(self.start_site, capture_in)] + self._hooks([], store)
         hooks += [(site, capture_out) for site in self.bound.sites]
         cache = TransformerLensKeyValueCache.init_cache(model.cfg, model.cfg.device, n)
         mask = torch.ones_like(tokens)
@@ -129,16 +146,29 @@ class DefendedForward:
         self.keys = [e.past_keys for e in cache.entries]
         self.values = [e.past_values for e in cache.entries]
 
-    def _prefix_cache(self, rows: torch.Tensor, p0: int) -> TransformerLensKeyValueCache | None:
-        if p0 == 0:
-            return None
-        key = (tuple(rows.tolist()), p0)
+    def _prefix_cache(self, rows: torch.Tensor, starts: torch.Tensor, width: int):
+        """The frozen cache of positions [0, max start) of ``rows`` and the attention mask over
+        cache + ``width`` new columns (None, None when no row has a prefix to reuse)."""
+        p = int(starts.max())
+        if p == 0:
+            return None, None
+        key = (tuple(rows.tolist()), p, width)
         if key != self._cache_key:
-            self._cache = frozen_cache(self.keys, self.values, rows, p0)
+            cached = torch.arange(p, device=rows.device)[None] < starts[:, None]
+            mask = torch.cat([cached, torch.ones(len(rows), width, dtype=torch.bool, device=rows.device)], dim=1)
+            self._cache = (frozen_cache(self.keys, self.values, rows, p), mask.int())
             self._cache_key = key
         return self._cache
 
     # -- step --------------------------------------------------------------------------------
+    def columns(self, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Long [n, L] absolute positions a step computes for ``rows`` (row r from its first
+        needed position, clamped into the batch) and bool [n, L]: which are real."""
+        starts, ends = self.first_needed[rows], self.end[rows]
+        width = int((ends - starts).max())
+        positions = starts[:, None] + torch.arange(width, device=rows.device)[None]
+        return positions.clamp_max(self.batch.width - 1), positions < ends[:, None]
+
     def run(self, rows: torch.Tensor, deltas: dict[str, torch.Tensor], monitor: bool = True) -> StepOutput:
         """Attacked defended forward for ``rows`` (long [n]) with ``deltas[site]`` [n, T, d_model].
 
@@ -146,28 +176,34 @@ class DefendedForward:
         an attack whose constraint never reads drift during the search saves an SAE pass per site.
         """
         model = self.model
-        p0 = int(self.first_needed[rows].min())
-        perts = [Perturbation(site, deltas[site], self.masks[site][rows]) for site in self.bound.sites]
+        positions, computed = self.columns(rows)
+        for site, d in deltas.items():
+            if d.shape[0] != len(rows):
+                raise ToolkitError(f"attack forward: delta at {site!r} has {d.shape[0]} rows for {len(rows)} rows")
+        perts = [Perturbation(site, take_positions(deltas[site], positions),
+                              take_positions(self.masks[site][rows], positions) & computed)
+                 for site in self.bound.sites]
         store: list = [None] * len(self.bound.monitored)
-        hooks = self._hooks(perts, p0, store) if monitor else perturbation_hooks(perts, p0) + self.defense.fwd_hooks()
-        resid = self.start_resid[rows, p0:]
+        hooks = self._hooks(perts, store) if monitor else perturbation_hooks(perts) + self.defense.fwd_hooks()
+        resid = take_positions(self.start_resid[rows], positions)
         start_point = model.hook_dict[self.start_site]
         for site, fn in hooks:  # the start site's hooks, applied by hand in registration order
             if site == self.start_site:
                 out = fn(resid, hook=start_point)
                 resid = resid if out is None else out
         later = [(s, f) for s, f in hooks if s != self.start_site]
+        cache, mask = self._prefix_cache(rows, self.first_needed[rows], positions.shape[1])
         with model.hooks(fwd_hooks=later):
             resid = model(resid, start_at_layer=self.start_layer, stop_at_layer=model.cfg.n_layers,
-                          past_kv_cache=self._prefix_cache(rows, p0))
-        logits = _readout_logits(model, resid, (self.readout[rows] - p0).clamp_min(0))
-        return StepOutput(logits, store if monitor else [], p0)
+                          past_kv_cache=cache, attention_mask=mask)
+        logits = _readout_logits(model, resid, self.readout[rows] - self.first_needed[rows][:, None])
+        return StepOutput(logits, store if monitor else [], positions, computed)
 
-    def baseline_latents(self, rows: torch.Tensor, offset: int) -> list[torch.Tensor]:
-        return [z[rows, offset:] for z in self.latents0]
+    def baseline_latents(self, rows: torch.Tensor, out: StepOutput) -> list[torch.Tensor]:
+        return [out.take(z[rows]) for z in self.latents0]
 
-    def monitor_mask(self, rows: torch.Tensor, offset: int) -> torch.Tensor:
-        return self.monitor_valid[rows, offset:]
+    def monitor_mask(self, rows: torch.Tensor, out: StepOutput) -> torch.Tensor:
+        return out.take(self.monitor_valid[rows]) & out.computed
 
 
 def frozen_cache(keys: list[torch.Tensor], values: list[torch.Tensor], rows: torch.Tensor,

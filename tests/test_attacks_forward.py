@@ -44,9 +44,11 @@ def test_cached_forward_matches_full_forward(site, positions):
     want = logits.gather(1, readout[rows][..., None].expand(-1, -1, logits.shape[-1]))
     assert torch.allclose(out.logits, want, atol=1e-5)
     for z, z_full in zip(out.latents, latents, strict=True):
-        assert torch.allclose(z, z_full[:, out.offset :], atol=1e-5)
-    if positions == "last":
-        assert out.offset == int(batch.last()[rows].min()) - 1  # only from the first read-out position
+        real = out.computed[..., None].expand_as(z)
+        assert torch.allclose(z[real], out.take(z_full)[real], atol=1e-5)
+    if positions == "last":  # each row only from its own first read-out position to its end
+        assert torch.equal(out.positions[:, 0], batch.last()[rows] - 1)
+        assert out.computed.sum(1).tolist() == [2, 2]
     assert _no_hooks_left(model)
 
 

@@ -48,7 +48,7 @@ def test_subject_cached_forward_and_feasible_attack(subject_parts):
         out = fwd.run(rows, {SITE: delta})
         logits, _ = full_forward(model, defense, batch, [Perturbation(SITE, delta, fwd.masks[SITE])])
     want = logits.gather(1, objective.readout(batch)[..., None].expand(-1, -1, logits.shape[-1]))
-    assert out.offset > 0  # the prompt prefix came from the KV cache
+    assert torch.equal(out.positions[:, 0], batch.last() - 1)  # each row's prefix came from the KV cache
     assert (out.logits - want).abs().max() < 1e-3
 
     res = GradientRecovery(model, defense, threat, objective, AttackConfig(steps=3)).run(batch)
