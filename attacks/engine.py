@@ -37,7 +37,7 @@ from tqdm.auto import tqdm
 
 from attacks import metrics
 from attacks.batch import AttackBatch
-from attacks.forward import DefendedForward, StepOutput, full_forward
+from attacks.forward import DefendedForward, StepOutput, frozen_weights, full_forward
 from attacks.objectives import Objective
 from attacks.perturbation import Perturbation
 from attacks.projection import nullspace_step, orthogonality_ratio, scale_to
@@ -243,6 +243,9 @@ class RecoveryAttack:
         """Bool [n, L]: the real (not padding) tokens among a search forward's columns."""
         return out.take(batch.valid()[rows]) & out.computed
 
+    def _saes(self) -> list:
+        return [d.sae for d in (*self.bound.monitored, *self.defense.defended_latents())]
+
     def _search_context(self):
         return straight_through() if self.config.straight_through else contextlib.nullcontext()
 
@@ -253,7 +256,7 @@ class RecoveryAttack:
         recovered, with 0 steps); ``budget`` optionally overrides the threat's budget per example [batch];
         ``init`` {site: [batch, pos, d_model]} is where restart 0 starts (e.g. an earlier stage's best
         delta); ``progress`` shows a progress bar over steps with the number of examples still running."""
-        with self._search_context():
+        with self._search_context(), frozen_weights(self.model, *self._saes()):
             return self._run(batch, budget, rows, progress, init)
 
     def _run(self, batch, budget, rows, progress, init) -> AttackResult:

@@ -22,7 +22,8 @@ positions.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import torch
@@ -35,6 +36,20 @@ from attacks.perturbation import Perturbation, perturbation_hooks
 from attacks.threat import BoundThreat
 from guard.errors import ToolkitError
 from guard.sae_ops import encode
+
+
+@contextlib.contextmanager
+def frozen_weights(*modules) -> Iterator[None]:
+    """No parameter of ``modules`` requires grad inside (restored after): an attack differentiates
+    the input only, and frozen weights let copy-free layers reuse their prepared matrices."""
+    params = [p for m in modules if isinstance(m, torch.nn.Module) for p in m.parameters() if p.requires_grad]
+    for p in params:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p in params:
+            p.requires_grad_(True)
 
 
 def start_layer(model, site: str) -> int:
