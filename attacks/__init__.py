@@ -5,5 +5,5 @@ Layering: knows defenses only through ``guard.base.Defense`` (hooks, ``edit``,
 ``attacks.engine.GradientRecovery``, ``attacks.objectives``, ``attacks.baselines``,
 ``attacks.budget.minimal_budget``, ``attacks.replay.attribution_replay``; the shared
 perturbation representation is ``attacks.perturbation.Perturbation``.
-``python -m attacks.bench`` compares the engine with a reference-style loop.
+``python -m experiments.bench.recovery`` compares the engine with a reference-style loop.
 """

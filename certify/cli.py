@@ -296,11 +296,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         if args.command == "list":
-            from certify.suites import SUITES
+            from certify.suites import suites
 
-            for suite in SUITES.values():
+            known = suites()
+            for suite in known.values():
                 print(f"{suite.name}: {suite.description}")
-            print(json.dumps({"suites": sorted(SUITES)}))
+            print(json.dumps({"suites": sorted(known)}))
             return 0
         if args.command == "run":
             config = config_from_args(args)

@@ -3,22 +3,25 @@
 A suite's ``build(config) -> SuitePlan`` fills the config's defaults and returns the work
 units (frozen dataclasses with deterministic keys), the ``evaluate_unit`` callable that turns
 one unit into records, the utility cost per defense and notes for the report. ``build``
-may be given as ``"module:function"`` and is imported only when the suite is used, so a
-suite defined in a higher layer (``experiments``) can be registered here without
-``certify`` importing it.
+may be given as ``"module:function"`` and is imported only when the suite is used. Suites of
+other packages register themselves through the entry-point group ``latentguard.suites``
+(each entry a ``Suite``; ``experiments`` adds ``standard`` and ``full`` in pyproject.toml),
+read the first time the registry is consulted, so ``certify`` never names a higher layer.
 
 Example::
 
-    register_suite(Suite("standard", "experiments.suites:build_standard", "IOI + recall, SmolLM2"))
+    register_suite(Suite("mine", "my_package.suite:build", "my settings on my model"))
     plan = get_suite("demo").plan(SuiteConfig(suite="demo"))
     units, evaluate_unit, utility = plan
 """
 
 from __future__ import annotations
 
+import functools
 import importlib
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from importlib.metadata import entry_points
 from typing import Any
 
 from certify.config import SuiteConfig
@@ -99,17 +102,37 @@ class Suite:
         return plan
 
 
-SUITES: dict[str, Suite] = {}
+ENTRY_POINT_GROUP = "latentguard.suites"
+_REGISTERED: dict[str, Suite] = {}
 
 
 def register_suite(suite: Suite) -> None:
-    SUITES[suite.name] = suite
+    if not isinstance(suite, Suite):
+        raise ToolkitError(f"register_suite: expected a Suite, got {type(suite).__name__}")
+    _REGISTERED[suite.name] = suite
+
+
+@functools.cache
+def _load_entry_points() -> None:
+    for entry in entry_points(group=ENTRY_POINT_GROUP):
+        suite = entry.load()
+        if not isinstance(suite, Suite) or suite.name != entry.name:
+            raise ToolkitError(f"entry point {entry.name!r} of {ENTRY_POINT_GROUP!r} ({entry.value}) must be a "
+                               f"Suite named {entry.name!r}")
+        _REGISTERED.setdefault(suite.name, suite)
+
+
+def suites() -> dict[str, Suite]:
+    """Every registered suite by name (the built-in demo and those of installed packages)."""
+    _load_entry_points()
+    return dict(_REGISTERED)
 
 
 def get_suite(name: str) -> Suite:
-    if name not in SUITES:
-        raise unknown_name("suite", name, SUITES.keys(), "certify")
-    return SUITES[name]
+    known = suites()
+    if name not in known:
+        raise unknown_name("suite", name, known.keys(), "certify")
+    return known[name]
 
 
 register_suite(Suite(
@@ -120,9 +143,3 @@ register_suite(Suite(
     option_defaults="certify.demo:OPTION_DEFAULTS",
     volatile_options=("unit_delay_s",),
 ))
-register_suite(Suite("standard", "experiments.suites:build_standard", "IOI + recall on the subject, all defenses",
-                     option_defaults="experiments.suites:OPTION_DEFAULTS"))
-# the standard suite at n = 200 per setting: >= 100 valid samples per cell (for a GPU or a long CPU run)
-register_suite(Suite("full", "experiments.suites:build_standard",
-                     "the standard suite at n = 200 per setting (>= 100 valid samples per cell)",
-                     defaults={"n": 200}, option_defaults="experiments.suites:OPTION_DEFAULTS"))

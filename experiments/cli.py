@@ -14,9 +14,9 @@ from guard.errors import unknown_name
 COMMANDS = {
     "check": ("experiments.subject", "load the embedded subject offline and check it"),
     "saes": ("experiments.saes", "build or evaluate the project's SAEs"),
-    "utility": ("guard.utility", "utility cost of every registered defense"),
-    "bench": ("attacks.bench", "recovery engine vs reference-style loop, side by side"),
-    "bench-suffix": ("attacks.bench_suffix", "soft suffix with vs without the cached prompt prefix"),
+    "utility": ("experiments.utility", "utility cost of every registered defense"),
+    "bench": ("experiments.bench.recovery", "recovery engine vs reference-style loop, side by side"),
+    "bench-suffix": ("experiments.bench.suffix", "soft suffix with vs without the cached prompt prefix"),
     "certify": ("certify", "adaptive evaluation of defenses with reports"),
     "reproduce": ("experiments.reproduce", "reproduce the paper's settings on the subject"),
     "judges": ("experiments.judges", "evaluate the refusal judges on labelled data"),

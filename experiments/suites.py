@@ -6,7 +6,7 @@ reference) is selected by attribution (experiments/settings/selection.py) on a s
 split of samples kept apart from the evaluated ones; every residual-aware defense of
 ``guard.registry`` is built at its default settings (``guard.utility.default_configs``)
 *composed with that same clamp* (its ``features``), calibrated on benign activations from
-guard's built-in benign text (``guard.utility.builtin_text``; half the chunks calibrate, the
+the built-in benign text (``experiments.utility.builtin_text``; half the chunks calibrate, the
 other half measure utility). Direction-based calibrations (direction ablation, the error
 subspace's behaviour directions, the closed-loop echo) use the setting's selection prompts
 as the behaviour side and guard's harmless requests (``guard.texts.CONTRAST_REQUESTS``) as
@@ -56,6 +56,7 @@ from certify.selftest import verify_defenses
 from certify.suites import SuitePlan
 from experiments.reproduce_core import SettingObjective
 from experiments.settings import SETTINGS, Sample, get_setting, validity
+from experiments.utility import builtin_text
 from guard.base import Defense
 from guard.calibration import collect_resid, last_token_resid
 from guard.closed_loop import calibrate_closed_loop
@@ -105,7 +106,6 @@ class SettingWorld:
 
 def benign_tokens(model, seq_len: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(calibration chunks, held-out chunks) of guard's built-in benign text."""
-    from guard.utility import builtin_text
 
     chunks = chunk_tokens(model.to_tokens(builtin_text(), prepend_bos=False)[0], seq_len)
     half = max(1, len(chunks) // 2)

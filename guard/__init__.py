@@ -4,5 +4,5 @@ Modules: ``base`` (interface, composition), ``clamp`` (baseline), ``residual`` (
 transform), ``splice``, ``error_norm``, ``subspace``, ``ellipsoid``, ``closed_loop``,
 ``monitor``, ``direction`` (dense comparator), ``calibration`` (saved calibration folders,
 benign activation collection), ``registry`` (config name -> classes, ``build_defense``),
-``utility`` (``python -m guard.utility``: CE / KL cost of every registered defense).
+``utility`` (CE / KL cost of every registered defense; the command line is ``python -m experiments.utility``).
 """

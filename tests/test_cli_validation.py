@@ -22,7 +22,7 @@ import experiments.reproduce
 import experiments.saes.__main__ as saes_cli
 import experiments.subject
 import experiments.subject.smollm2
-import guard.utility
+import experiments.utility
 from guard.errors import ToolkitError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -269,9 +269,9 @@ def test_reproduce_debug_shows_the_traceback():
         REPRODUCE(["recall", "--n", "-5", "--debug"])
 
 
-# ---- python -m guard.utility ------------------------------------------------------------------
+# ---- python -m experiments.utility ------------------------------------------------------------------
 
-UTILITY = guard.utility.main
+UTILITY = experiments.utility.main
 
 
 @pytest.mark.parametrize("argv, match", [
@@ -303,7 +303,7 @@ def test_utility_files_and_folders(capsys, tmp_path):
 
 def test_utility_seq_len_longer_than_context(capsys, monkeypatch):
     monkeypatch.setattr(experiments.subject, "load_subject", lambda **kw: _fake_subject(128))
-    monkeypatch.setattr(guard.utility, "utility_report", _no_work)
+    monkeypatch.setattr(experiments.utility, "utility_report", _no_work)
     _error_line(capsys, UTILITY, ["--seq-len", "4096"],
                 r"--seq-len 4096 is longer than the model's context window of 128 tokens")
 

@@ -8,18 +8,12 @@ import math
 import pytest
 import torch
 
+from experiments.utility import _parser, builtin_text
 from guard.clamp import ClampConfig, FeatureClamp
 from guard.errors import ToolkitError
 from guard.registry import DEFENSES
 from guard.splice import ReconstructionSplice, SpliceConfig
-from guard.utility import (
-    _parser,
-    builtin_text,
-    chunk_tokens,
-    measure_utility,
-    random_features,
-    utility_report,
-)
+from guard.utility import chunk_tokens, measure_utility, random_features, utility_report
 from tests.guard_cases import FEATURES, SITES
 from tests.helpers import tiny_sae, tiny_tokens
 

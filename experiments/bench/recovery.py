@@ -1,4 +1,4 @@
-"""``python -m attacks.bench [--quick]``: our recovery engine against a reference-style loop.
+"""``python -m experiments.bench.recovery [--quick]``: our recovery engine against a reference-style loop.
 
 Both run in one process on the embedded subject (SmolLM2-135M-Instruct) with the same IOI
 prompts, defense, budget (absolute L2 at the last token) and step count:
@@ -130,7 +130,7 @@ def attribution_features(model, sae, calib: AttackBatch, calib_obj: LogitDiffere
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
-        prog="python -m attacks.bench",
+        prog="python -m experiments.bench.recovery",
         description="Recovery attack engine vs a reference-style loop on the embedded subject (IOI, "
         "encoder-orthogonal, last token). Last line: JSON with speedup, recovery and violation.",
     )
@@ -164,7 +164,7 @@ def main(argv=None) -> dict:
     calib_obj = LogitDifference(calib_io, calib_s)
     if args.sae == "shipped":
         if SITE not in subject.saes:
-            sys.exit(f"attacks.bench: no shipped SAE at {SITE} (shipped: {sorted(subject.saes) or 'none'}). "
+            sys.exit(f"experiments.bench.recovery: no shipped SAE at {SITE} (shipped: {sorted(subject.saes) or 'none'}). "
                      "Build them (python -m experiments.saes build) or run with --sae stand-in.")
         sae = subject.saes[SITE]
         features = attribution_features(model, sae, calib, calib_obj)
@@ -180,7 +180,7 @@ def main(argv=None) -> dict:
     defended = logit_diff(model, defense, cand, obj_all)
     valid = ((clean > 0) & (defended <= 0)).nonzero().flatten()[:n]
     if valid.numel() == 0:
-        sys.exit("attacks.bench: no valid sample (undefended prefers IO, defended does not)")
+        sys.exit("experiments.bench.recovery: no valid sample (undefended prefers IO, defended does not)")
     batch, objective = cand.select(valid), LogitDifference(io[valid], s[valid])
     print(f"{valid.numel()} valid of {cand.size} candidates; clean diff {clean[valid].mean():.2f}, "
           f"defended {defended[valid].mean():.2f}", file=sys.stderr)

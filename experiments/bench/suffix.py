@@ -1,4 +1,4 @@
-"""``python -m attacks.bench_suffix``: the soft-suffix attack with and without the cached prompt prefix.
+"""``python -m experiments.bench.suffix``: the soft-suffix attack with and without the cached prompt prefix.
 
 Both run in one process on the embedded subject under the refusal defense of the default
 refusal reproduction (8 refusal latents at blocks.6 and blocks.12 set to 7, see
@@ -27,7 +27,7 @@ from attacks.suffix import SoftSuffixAttack, SoftSuffixConfig, SuffixExample, ta
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m attacks.bench_suffix", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m experiments.bench.suffix", description=__doc__.splitlines()[0])
     p.add_argument("--n", type=int, default=16, help="harmful requests attacked in one batch (default 16)")
     p.add_argument("--steps", type=int, default=5, help="Adam steps per run (default 5)")
     p.add_argument("--repeats", type=int, default=2, help="runs of each variant, alternated (default 2)")

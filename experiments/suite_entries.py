@@ -1,0 +1,14 @@
+"""The suites this package adds to ``certify`` (entry-point group ``latentguard.suites`` in
+pyproject.toml). Light on purpose: listing suites imports this module, not the suites'
+code, which is named as ``"module:attribute"`` and imported only when a suite runs."""
+
+from __future__ import annotations
+
+from certify.suites import Suite
+
+STANDARD = Suite("standard", "experiments.suites:build_standard", "IOI + recall on the subject, all defenses",
+                 option_defaults="experiments.suites:OPTION_DEFAULTS")
+# the standard suite at n = 200 per setting: >= 100 valid samples per cell (for a GPU or a long CPU run)
+FULL = Suite("full", "experiments.suites:build_standard",
+             "the standard suite at n = 200 per setting (>= 100 valid samples per cell)",
+             defaults={"n": 200}, option_defaults="experiments.suites:OPTION_DEFAULTS")
