@@ -19,6 +19,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from certify.stats import Rate
 from experiments.saes.shipped import SHIPPED_DIR, shipped_sites
 from experiments.subject import load_subject
 from experiments.subject.chat import chat_prompt, chat_transcript
@@ -102,6 +103,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, dict[str, Any]]:
             report = utility_report(model, saes, chunks[:n_calib], chunks[n_calib:], *prompts, features=features,
                                     calib_dir=calib_dir, names=names, batch_size=args.batch_size, progress=True)
         for name, entry in report.items():
+            if "fpr_n" in entry:  # a monitor: its false-positive rate with the exact 95% interval
+                rate = Rate.of(entry["fpr_k"], entry["fpr_n"])
+                entry["fpr_ci"] = [rate.ci_low, rate.ci_high]
             print(f"{name:20s} delta_ce {entry['delta_ce']:+.4f}  kl {entry['kl']:.4f}")
         print(json.dumps(report))
         return report

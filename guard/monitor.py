@@ -126,32 +126,23 @@ class ErrorMonitor(ResidualDefense):
 
 
 @dataclass(frozen=True)
-class MonitorRate:
-    """Share of benign prompts a monitor flags: ``k`` of ``n``, with an exact (Clopper-Pearson) interval."""
+class FlagCount:
+    """How many of ``n`` benign prompts a monitor flagged (``k``); the exact interval around
+    ``k / n`` is ``certify.stats.Rate.of(k, n)``, computed where results are reported."""
 
     n: int
     k: int
-    rate: float
-    ci_low: float
-    ci_high: float
-    alpha: float
+
+    @property
+    def rate(self) -> float:
+        return self.k / self.n
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-def exact_rate(k: int, n: int, alpha: float = 0.05) -> MonitorRate:
-    from scipy.stats import binomtest
-
-    if n == 0:
-        raise ToolkitError("false-positive rate of zero prompts is undefined")
-    ci = binomtest(k, n).proportion_ci(confidence_level=1 - alpha, method="exact")
-    return MonitorRate(n=n, k=k, rate=k / n, ci_low=float(ci.low), ci_high=float(ci.high), alpha=alpha)
+        return {**asdict(self), "rate": self.rate}
 
 
 @torch.no_grad()
-def false_positive_rate(model, monitor: ErrorMonitor, prompts: Iterable[torch.Tensor] | torch.Tensor,
-                        alpha: float = 0.05) -> MonitorRate:
+def false_positive_rate(model, monitor: ErrorMonitor, prompts: Iterable[torch.Tensor] | torch.Tensor) -> FlagCount:
     """How many benign prompts the monitor flags. ``prompts``: [batch, pos] (one row per prompt)
     or a list of [pos] / [1, pos] tensors (run one at a time, so lengths may differ)."""
     batches = [prompts] if isinstance(prompts, torch.Tensor) else [p if p.ndim == 2 else p[None] for p in prompts]
@@ -162,4 +153,6 @@ def false_positive_rate(model, monitor: ErrorMonitor, prompts: Iterable[torch.Te
             flags = monitor.flags()
         k += int(flags.sum())
         n += len(flags)
-    return exact_rate(k, n, alpha)
+    if n == 0:
+        raise ToolkitError("false-positive rate of zero prompts is undefined")
+    return FlagCount(n=n, k=k)

@@ -153,7 +153,7 @@ def utility_report(model, saes: Mapping[str, object], calib_tokens: torch.Tensor
     for name, defense in defenses.items():
         if isinstance(defense, ErrorMonitor):
             rate = false_positive_rate(model, defense, eval_tokens)
-            report[name].update(fpr=rate.rate, fpr_k=rate.k, fpr_n=rate.n, fpr_ci=[rate.ci_low, rate.ci_high])
+            report[name].update(fpr=rate.rate, fpr_k=rate.k, fpr_n=rate.n)
     return report
 
 

@@ -212,7 +212,7 @@ def test_monitor_refusal_and_false_positive_rate(model, saes, calibs):
     monitor = build_defense(config, saes, calibs["error_norm"])
     tokens = tiny_tokens(batch=5, pos=6)
     rate = false_positive_rate(model, monitor, tokens)
-    assert (rate.n, rate.k) == (5, 0) and rate.ci_low == 0.0 and 0 < rate.ci_high < 1
+    assert (rate.n, rate.k, rate.rate) == (5, 0, 0.0)
     strict = build_defense(dataclasses.replace(config, threshold_scale=1e-6), saes, calibs["error_norm"])
     rate = false_positive_rate(model, strict, [t for t in tokens])
     assert (rate.n, rate.k, rate.rate) == (5, 5, 1.0)
