@@ -49,9 +49,10 @@ def test_jsonl_prompts_and_errors_with_line_numbers(tmp_path):
     assert s.prompts == ("first", "second") and s.name == "mine"
     assert load_prompt_set(str(good)).prompts == s.prompts
     cases = {
-        "not json\n": "mine2.jsonl:1: not valid JSON",
-        json.dumps({"prompt": "a"}) + "\n" + json.dumps({"text": "b"}) + "\n": "mine2.jsonl:2: expected an object",
-        json.dumps({"prompt": ""}) + "\n": "mine2.jsonl:1: 'prompt' must be a non-empty string",
+        "not json\n": "mine2.jsonl line 1: not valid JSON",
+        json.dumps({"prompt": "a"}) + "\n" + json.dumps({"text": "b"}) + "\n": "mine2.jsonl line 2: missing key",
+        json.dumps({"prompt": ""}) + "\n": "mine2.jsonl line 1: 'prompt' must be a non-empty string",
+        json.dumps({"prompt": 3}) + "\n": "mine2.jsonl line 1: 'prompt' must be a str",
         "\n\n": "holds no prompts",
     }
     for content, message in cases.items():

@@ -18,7 +18,6 @@ Example::
 from __future__ import annotations
 
 import importlib.util
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -99,21 +98,13 @@ def load_prompt_jsonl(path: str | Path, key: str = "prompt") -> PromptSet:
     path = Path(path)
     if not path.is_file():
         raise ToolkitError(f"data: prompt file {str(path)!r} does not exist")
+    if not validate.text_file(path, "data: prompt file", empty_ok=True).strip():
+        raise ToolkitError(f"data: prompt file {path} holds no prompts")
     prompts = []
-    text = validate.text_file(path, "data: prompt file", empty_ok=True)  # not UTF-8: one line naming the byte
-    for number, line in enumerate(text.split("\n"), start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise ToolkitError(f"data: {path}:{number}: not valid JSON ({err.msg})") from None
-        if not isinstance(row, dict) or key not in row:
-            raise ToolkitError(f'data: {path}:{number}: expected an object with a {key!r} field, e.g. {{"{key}": "..."}}')
-        value = row[key]
-        if not isinstance(value, str) or not value.strip():
-            raise ToolkitError(f"data: {path}:{number}: {key!r} must be a non-empty string, got {value!r}")
-        prompts.append(value.strip())
+    for number, row in validate.numbered_jsonl_rows(path, [key], "data: prompt file", kinds={key: str}):
+        if not row[key].strip():
+            raise ToolkitError(f"data: prompt file {path} line {number}: {key!r} must be a non-empty string")
+        prompts.append(row[key].strip())
     return PromptSet(path.stem, _unique(prompts, str(path)), str(path))
 
 
