@@ -37,6 +37,7 @@ def _model_loaded(*args, **kwargs):
 def no_model(monkeypatch, tmp_path):
     """No test here may load the subject; outputs default to folders under tmp_path."""
     monkeypatch.setattr(experiments.subject, "load_subject", _model_loaded)
+    monkeypatch.setattr(experiments.utility, "load_subject", _model_loaded)
     monkeypatch.setattr(experiments.subject.smollm2, "load_model", _model_loaded)
     monkeypatch.setattr(sys, "argv", list(sys.argv))  # experiments.cli rewrites it
     monkeypatch.chdir(tmp_path)
@@ -302,7 +303,7 @@ def test_utility_files_and_folders(capsys, tmp_path):
 
 
 def test_utility_seq_len_longer_than_context(capsys, monkeypatch):
-    monkeypatch.setattr(experiments.subject, "load_subject", lambda **kw: _fake_subject(128))
+    monkeypatch.setattr(experiments.utility, "load_subject", lambda **kw: _fake_subject(128))
     monkeypatch.setattr(experiments.utility, "utility_report", _no_work)
     _error_line(capsys, UTILITY, ["--seq-len", "4096"],
                 r"--seq-len 4096 is longer than the model's context window of 128 tokens")
