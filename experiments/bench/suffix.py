@@ -41,7 +41,7 @@ def main(argv=None) -> dict:
     from experiments.refusal.pipeline import split
     from experiments.refusal.recovery import generate_and_judge
     from experiments.subject import load_subject
-    from experiments.subject.chat import chat_prompt
+    from experiments.subject.chat import END, chat_prompt
 
     subject = load_subject()
     model, tok = subject.model, subject.tokenizer
@@ -51,7 +51,7 @@ def main(argv=None) -> dict:
     _, _, _, answers = generate_and_judge(model, evaluate, None, 16, args.n)
     examples = []
     for request, answer in zip(evaluate, answers, strict=True):
-        e = SuffixExample.from_prompt(tok, chat_prompt(request))
+        e = SuffixExample.from_prompt(tok, chat_prompt(request), insert_before=END)
         examples.append(SuffixExample(e.before, e.after, tuple(answer[:16])))
 
     cpu: dict[bool, float] = {False: 0.0, True: 0.0}

@@ -36,7 +36,7 @@ from attacks.runner import run_cascade, single_stage
 from attacks.suffix import SoftSuffixAttack, SoftSuffixConfig, SuffixExample, target_logprob
 from attacks.threat import CrossLayer, ThreatModel
 from experiments.judges import DECLINES, REFUSAL_OPENINGS, base_likeness, judge
-from experiments.subject.chat import chat_prompt
+from experiments.subject.chat import END, chat_prompt, stop_token_ids
 from guard.base import Defense
 from guard.errors import ToolkitError
 
@@ -129,7 +129,7 @@ def generate_and_judge(model, requests: Sequence[str], defense, max_new_tokens: 
     """(texts, labels, prompt ids, answer ids) of greedy generation from the chat prompts."""
     prompts = [chat_prompt(r) for r in requests]
     gen = generate(model, prompts, max_new_tokens=max_new_tokens, defense=defense, batch_size=batch_size,
-                   progress=progress)
+                   progress=progress, stop_token_ids=stop_token_ids(model.tokenizer))
     labels = [judge(t, prompt=r).label for t, r in zip(gen.texts, requests, strict=True)]
     prompt_ids = [gen.tokens[i, : gen.prompt_lengths[i]].tolist() for i in range(len(gen))]
     answer_ids = [gen.answer_tokens(i) for i in range(len(gen))]
@@ -166,7 +166,8 @@ def _generate(model, defense, examples: Sequence[RefusalExample], perturbation: 
               max_new_tokens: int, prompt_ids: Sequence[Sequence[int]] | None = None) -> Generation:
     prompts = [list(e.prompt_ids) for e in examples] if prompt_ids is None else [list(p) for p in prompt_ids]
     return generate(model, prompts, max_new_tokens=max_new_tokens, defense=defense,
-                    perturbations=[] if perturbation is None else [perturbation])
+                    perturbations=[] if perturbation is None else [perturbation],
+                    stop_token_ids=stop_token_ids(model.tokenizer))
 
 
 def residual_recovery(model, defense: Defense, examples: Sequence[RefusalExample], mode: str,
@@ -225,7 +226,7 @@ def suffix_recovery(model, defense: Defense, examples: Sequence[RefusalExample],
     starts = range(0, len(examples), config.attack_batch)
     for start in tqdm(starts, desc="soft_suffix", disable=not progress, leave=False):
         chunk = list(examples[start : start + config.attack_batch])
-        sx = [SuffixExample.from_prompt(tok, e.prompt, target="") for e in chunk]
+        sx = [SuffixExample.from_prompt(tok, e.prompt, target="", insert_before=END) for e in chunk]
         sx = [SuffixExample(s.before, s.after, tuple(e.answer_ids[: config.answer_tokens]))
               for s, e in zip(sx, chunk, strict=True)]
         result = attack.run(model, sx, target_logprob, defense=defense,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from attacks.generate import default_stop_tokens
+
 DEFAULT_SYSTEM = "You are a helpful AI assistant named SmolLM, trained by Hugging Face"
 END = "<|im_end|>"
 
@@ -22,3 +24,8 @@ def chat_prompt(user: str, system: str | None = DEFAULT_SYSTEM, assistant_prefix
 def chat_transcript(user: str, reply: str, system: str | None = DEFAULT_SYSTEM) -> str:
     """A whole exchange, reply closed with the end-of-turn token."""
     return chat_prompt(user, system) + reply + END + "\n"
+
+
+def stop_token_ids(tokenizer) -> tuple[int, ...]:
+    """Where generation from a chat prompt ends: the tokenizer's EOS and the end-of-turn marker."""
+    return default_stop_tokens(tokenizer, (END,))
