@@ -41,7 +41,7 @@ from guard.sae_ops import encode
 @contextlib.contextmanager
 def frozen_weights(*modules) -> Iterator[None]:
     """No parameter of ``modules`` requires grad inside (restored after): an attack differentiates
-    the input only, and frozen weights let copy-free layers reuse their prepared matrices."""
+    its input only, so autograd records nothing for the weights."""
     params = [p for m in modules if isinstance(m, torch.nn.Module) for p in m.parameters() if p.requires_grad]
     for p in params:
         p.requires_grad_(False)
@@ -50,6 +50,41 @@ def frozen_weights(*modules) -> Iterator[None]:
     finally:
         for p in params:
             p.requires_grad_(True)
+
+
+# Memory orders (dims listed outermost first) in which TransformerLens 3.9's per-call weight
+# transforms (`W.T.contiguous()`, einops rearranges before F.linear) become free views. Those
+# copies cost more than the matmuls for one-token steps (the 113 MB unembedding alone, every step).
+_FAST_ORDERS = {
+    "W_gate": (1, 0), "W_in": (1, 0), "W_out": (1, 0), "W_U": (1, 0),
+    "W_Q": (0, 2, 1), "W_K": (0, 2, 1), "W_V": (0, 2, 1), "_W_K": (0, 2, 1), "_W_V": (0, 2, 1),
+    "W_O": (2, 0, 1),
+}
+
+
+@contextlib.contextmanager
+def fast_weight_layout(model) -> Iterator[None]:
+    """Temporarily store weights in the memory order TransformerLens's kernels want.
+
+    Values, shapes and results are unchanged (the same contiguous matrices reach F.linear, so
+    outputs are bitwise identical); only the per-call weight copies disappear. Standard
+    layout is restored on exit.
+    """
+    changed = []
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            order = _FAST_ORDERS.get(name.rsplit(".", 1)[-1])
+            if order is None or param.ndim != len(order):
+                continue
+            inverse = [order.index(d) for d in range(len(order))]
+            param.data = param.data.permute(*order).contiguous().permute(*inverse)
+            changed.append(param)
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for param in changed:
+                param.data = param.data.contiguous()
 
 
 def start_layer(model, site: str) -> int:

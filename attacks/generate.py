@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
 from transformer_lens.utilities.activation_functions import apply_softcap
 
+from attacks.forward import fast_weight_layout
 from attacks.perturbation import Perturbation, add_perturbation
 from guard.errors import ToolkitError, unknown_name
 
@@ -179,41 +180,6 @@ def _keep_rows(cache: TransformerLensKeyValueCache, keep: torch.Tensor) -> None:
         entry.past_keys = entry.past_keys[keep]
         entry.past_values = entry.past_values[keep]
     cache.previous_attention_mask = cache.previous_attention_mask[keep]
-
-
-# Memory orders (dims listed outermost first) in which TransformerLens 3.9's per-call weight
-# transforms (`W.T.contiguous()`, einops rearranges before F.linear) become free views. Those
-# copies cost more than the matmuls for one-token steps (the 113 MB unembedding alone, every step).
-_FAST_ORDERS = {
-    "W_gate": (1, 0), "W_in": (1, 0), "W_out": (1, 0), "W_U": (1, 0),
-    "W_Q": (0, 2, 1), "W_K": (0, 2, 1), "W_V": (0, 2, 1), "_W_K": (0, 2, 1), "_W_V": (0, 2, 1),
-    "W_O": (2, 0, 1),
-}
-
-
-@contextlib.contextmanager
-def fast_weight_layout(model):
-    """Temporarily store weights in the memory order TransformerLens's kernels want.
-
-    Values, shapes and results are unchanged (the same contiguous matrices reach F.linear, so
-    outputs are bitwise identical); only the per-call weight copies disappear. Standard
-    layout is restored on exit.
-    """
-    changed = []
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            order = _FAST_ORDERS.get(name.rsplit(".", 1)[-1])
-            if order is None or param.ndim != len(order):
-                continue
-            inverse = [order.index(d) for d in range(len(order))]
-            param.data = param.data.permute(*order).contiguous().permute(*inverse)
-            changed.append(param)
-    try:
-        yield
-    finally:
-        with torch.no_grad():
-            for param in changed:
-                param.data = param.data.contiguous()
 
 
 def _last_logits(model, resid: torch.Tensor) -> torch.Tensor:

@@ -40,6 +40,7 @@ import torch
 from attacks.baselines import RandomSearch, RandomSearchConfig
 from attacks.batch import AttackBatch
 from attacks.engine import AttackConfig, AttackResult, GradientRecovery, RecoveryAttack
+from attacks.forward import fast_weight_layout
 from attacks.objectives import Objective
 from attacks.perturbation import Perturbation
 from attacks.threat import ThreatModel
@@ -127,8 +128,8 @@ def run_cascade(model, defense: Defense, threat: ThreatModel, objective: Objecti
                 stages: Sequence[Stage], budget: torch.Tensor | None = None) -> CascadeOutcome:
     """Run ``stages`` in order on ``batch``, each only on the rows still defended (see module docstring).
 
-    ``budget`` [batch] overrides the threat's budget per row (several budgets in one batch: an
-    attack step costs about the same for 1 row as for 60, so rows of every budget share it).
+    ``budget`` [batch] overrides the threat's budget per row (several budgets in one batch share
+    every attack step).
     """
     if not stages:
         raise ToolkitError("attack cascade: no stages given")
@@ -145,25 +146,26 @@ def run_cascade(model, defense: Defense, threat: ThreatModel, objective: Objecti
     steps: list[dict[str, int]] = [{} for _ in range(n)]
     run_names = []
     ever_flagged = [False] * n
-    for st in stages:
-        if not st.applies(defense):
-            continue
-        left = torch.tensor([i for i in range(n) if stage[i] is None], dtype=torch.long)
-        if left.numel() == 0:
-            break
-        init = None
-        if st.from_best and merged is not None:
-            init = {p.site: p.delta for p in merged.perturbations}
-        attack = st.attack(model, defense, threat, objective, st.config)
-        res = attack.run(batch, budget=budget, rows=left.to(batch.tokens.device), init=init)
-        run_names.append(st.name)
-        for i in left.tolist():
-            scores[i][st.name] = float(res.score[i])
-            steps[i][st.name] = int(res.steps[i])
-            ever_flagged[i] = ever_flagged[i] or bool(res.flagged[i])
-            if bool(res.success[i]):
-                stage[i] = st.name
-        merged = res if merged is None else _merge(merged, res, left, stage, st.name, scores)
+    with fast_weight_layout(model):  # weights in the order the kernels read: no per-call copies
+        for st in stages:
+            if not st.applies(defense):
+                continue
+            left = torch.tensor([i for i in range(n) if stage[i] is None], dtype=torch.long)
+            if left.numel() == 0:
+                break
+            init = None
+            if st.from_best and merged is not None:
+                init = {p.site: p.delta for p in merged.perturbations}
+            attack = st.attack(model, defense, threat, objective, st.config)
+            res = attack.run(batch, budget=budget, rows=left.to(batch.tokens.device), init=init)
+            run_names.append(st.name)
+            for i in left.tolist():
+                scores[i][st.name] = float(res.score[i])
+                steps[i][st.name] = int(res.steps[i])
+                ever_flagged[i] = ever_flagged[i] or bool(res.flagged[i])
+                if bool(res.success[i]):
+                    stage[i] = st.name
+            merged = res if merged is None else _merge(merged, res, left, stage, st.name, scores)
     assert merged is not None
     total = torch.tensor([sum(s.values()) for s in steps], dtype=torch.long)
     merged = replace(merged, steps=total.to(merged.steps.device), attack="cascade",

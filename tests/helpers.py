@@ -20,17 +20,14 @@ D_SAE = 32
 D_VOCAB = 50
 
 
-def tiny_model(n_layers: int = 2, seed: int = 0, dtype: torch.dtype = torch.float32,
-               n_key_value_heads: int | None = None) -> HookedTransformer:
-    """A random 2-layer transformer with the same hook layout as the real subject
-    (grouped-query attention, as the subject has, with ``n_key_value_heads``)."""
+def tiny_model(n_layers: int = 2, seed: int = 0, dtype: torch.dtype = torch.float32) -> HookedTransformer:
+    """A random 2-layer transformer with the same hook layout as the real subject."""
     torch.manual_seed(seed)
     cfg = HookedTransformerConfig(
         n_layers=n_layers,
         d_model=D_MODEL,
         d_head=4,
         n_heads=4,
-        n_key_value_heads=n_key_value_heads,
         d_mlp=32,
         d_vocab=D_VOCAB,
         n_ctx=32,

