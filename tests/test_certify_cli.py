@@ -163,3 +163,30 @@ def test_killed_run_resumes_to_exactly_the_uninterrupted_records(tmp_path, capsy
     assert killed_summary["rows"] == full_summary["rows"]
     for key in ("config_sha256", "fingerprint_sha256"):  # the same run, by its hashes
         assert killed_summary["provenance"][key] == full_summary["provenance"][key]
+
+
+def test_suites_of_other_packages_come_from_entry_points(monkeypatch):
+    import certify.suites as suites_module
+    from certify.suites import Suite, suites
+
+    class Entry:
+        def __init__(self, name, obj):
+            self.name, self.value, self._obj = name, f"pkg:{name}", obj
+
+        def load(self):
+            return self._obj
+
+    mine = Suite("mine", "certify.demo:build_demo", "a plugin suite")
+    monkeypatch.setattr(suites_module, "_REGISTERED", dict(suites_module._REGISTERED))
+    monkeypatch.setattr(suites_module, "entry_points", lambda group: [Entry("mine", mine)])
+    suites_module._load_entry_points.cache_clear()
+    try:
+        assert suites()["mine"] is mine and "demo" in suites()
+        monkeypatch.setattr(suites_module, "entry_points", lambda group: [Entry("other", mine)])
+        suites_module._load_entry_points.cache_clear()
+        with pytest.raises(ToolkitError, match="must be a Suite named 'other'"):
+            suites()
+    finally:
+        monkeypatch.undo()
+        suites_module._load_entry_points.cache_clear()
+    assert "standard" in suites() and "mine" not in suites()  # the installed package's own entry points again
