@@ -290,7 +290,7 @@ def full_forward(model, defense, batch: AttackBatch, perturbations: list[Perturb
 
 def _readout_logits(model, resid: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
     """Logits [n, R, d_vocab] at ``positions`` [n, R] (indices into resid's pos dim) of the final residual."""
-    picked = resid.gather(1, positions[..., None].expand(-1, -1, resid.shape[-1]))
+    picked = take_positions(resid, positions)
     if model.cfg.normalization_type is not None:
         picked = model.ln_final(picked)
     # W_U directly: the Unembed module copies the whole [d_model, d_vocab] matrix on every call
