@@ -1,34 +1,30 @@
-"""One registry of attack variants: config class + attack class, keyed by config ``name``."""
+"""The attack registry: config class + attack class (a ``guard.named.Variant``) by config ``name``.
+
+A cascade stage (``attacks.runner.Stage``) names its attack class and config directly; the
+registry turns a recorded stage config (run fingerprints, JSON) back into its config class.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from attacks.baselines import RandomSearch, RandomSearchConfig
 from attacks.engine import AttackConfig, GradientRecovery, RecoveryAttack
-from guard.errors import unknown_name
+from guard.named import Registry, Variant
+from guard.named import config_from_dict as _config_from_dict
 
-ATTACKS: dict[str, tuple[type[AttackConfig], type[RecoveryAttack]]] = {}
-
-
-def register(config_cls: type[AttackConfig], attack_cls: type[RecoveryAttack]) -> None:
-    ATTACKS[config_cls.name] = (config_cls, attack_cls)
+ATTACKS: Registry[Variant] = Registry("attack")
 
 
-def attack_config_from_dict(data: dict[str, Any]) -> AttackConfig:
-    data = dict(data)
-    name = data.pop("name")
-    if name not in ATTACKS:
-        raise unknown_name("attack", name, ATTACKS.keys())
-    return ATTACKS[name][0](**data)
+def register_attack(config_cls: type[AttackConfig], attack_cls: type[RecoveryAttack], *,
+                    replace: bool = False) -> None:
+    ATTACKS.add(config_cls.name, Variant(config_cls, attack_cls), replace=replace)
 
 
-def make_attack(config: AttackConfig, model, defense, threat, objective) -> RecoveryAttack:
-    """The attack a config names, bound to a model, defense, threat model and objective."""
-    if config.name not in ATTACKS:
-        raise unknown_name("attack", config.name, ATTACKS.keys())
-    return ATTACKS[config.name][1](model, defense, threat, objective, config)
+def attack_config_from_dict(data: Mapping[str, Any]) -> AttackConfig:
+    return _config_from_dict(ATTACKS, data)
 
 
-register(AttackConfig, GradientRecovery)
-register(RandomSearchConfig, RandomSearch)
+register_attack(AttackConfig, GradientRecovery)
+register_attack(RandomSearchConfig, RandomSearch)

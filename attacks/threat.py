@@ -25,6 +25,7 @@ from attacks.batch import AttackBatch
 from attacks.projection import EncoderProjector, encoder_projector, project_budget
 from guard.base import DefendedLatents, Defense
 from guard.errors import ToolkitError, unknown_name
+from guard.named import Registry
 
 
 class Norm(StrEnum):
@@ -164,16 +165,16 @@ class CrossLayer(Constraint):
                 "penalty": self.penalty}
 
 
-CONSTRAINTS: dict[str, type[Constraint]] = {c.name: c for c in (NoConstraint, EncoderOrthogonal, CrossLayer)}
+CONSTRAINTS: Registry[type[Constraint]] = Registry("constraint")
+for _constraint in (NoConstraint, EncoderOrthogonal, CrossLayer):
+    CONSTRAINTS.add(_constraint.name, _constraint)
 
 
 def make_constraint(spec: str | Constraint | dict[str, Any]) -> Constraint:
     if isinstance(spec, Constraint):
         return spec
     data = {"name": spec} if isinstance(spec, str) else dict(spec)
-    name = str(data.pop("name")).lower()
-    if name not in CONSTRAINTS:
-        raise unknown_name("constraint", name, CONSTRAINTS, "threat model")
+    name = CONSTRAINTS.check(str(data.pop("name")).lower(), "threat model")
     return CONSTRAINTS[name](**data)
 
 

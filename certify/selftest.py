@@ -23,8 +23,8 @@ attack cascade (``attacks.runner``) is run against it in two tiny worlds built i
 (Defenses leave attention-sink tokens alone by a median over the call's tokens; in these
 worlds no token is near the sink ratio, so every defense acts per position.)
 
-``verify_defense(name)`` runs both against the defense ``SELFTEST_BUILDERS[name]`` builds on
-the tiny world; a defense without a builder is "unverified" (``register_selftest`` adds one).
+``verify_defense(name)`` runs both against the registered defense at its spec's ``selftest``
+config on the tiny world; a defense without one is "unverified".
 
 Example::
 
@@ -39,7 +39,7 @@ import contextlib
 import functools
 import math
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
@@ -54,15 +54,10 @@ from attacks.runner import CascadeOutcome, Stage, default_stages, run_cascade
 from attacks.threat import ThreatModel
 from guard.base import Defense
 from guard.clamp import ClampConfig, FeatureClamp
-from guard.closed_loop import ClosedLoopCalibration, ClosedLoopConfig
-from guard.direction import DirectionConfig, calibrate_directions
-from guard.ellipsoid import EllipsoidConfig, calibrate_ellipsoid
-from guard.error_norm import ErrorNormConfig, calibrate_error_norms
-from guard.errors import ToolkitError, unknown_name
-from guard.monitor import ErrorMonitorConfig
+from guard.closed_loop import ClosedLoopCalibration, ClosedLoopClamp
+from guard.errors import ToolkitError
 from guard.registry import DEFENSES, build_defense
-from guard.splice import SpliceConfig
-from guard.subspace import ErrorSubspaceConfig, calibrate_error_subspace
+from guard.spec import CalibrationData, DefenseSpec
 
 D_MODEL = 16
 D_SAE = 32
@@ -70,7 +65,6 @@ D_VOCAB = 50
 SITES = ("blocks.0.hook_resid_post", "blocks.1.hook_resid_post")
 FEATURES = {SITES[0]: (1, 4, 7), SITES[1]: (0, 5)}
 
-Builder = Callable[[Mapping[str, Any], Mapping[str, Any]], Defense]
 Status = Literal["verified", "failed", "unverified"]
 
 BUDGET = 0.5  # relative L2 budget of the planted and impossible threats
@@ -138,35 +132,35 @@ def benign_data(n: int = 64, seed: int = 0, sites: Sequence[str] = SITES, d: int
     return {s: (torch.randn(n, d, generator=gen) * spread + 0.5) * scale for s in sites}
 
 
+def calibration_data(saes: Mapping[str, Any], seed: int = 0) -> CalibrationData:
+    """Random calibration data (n > d, so PCA is full rank); no model: these cases stay model-free."""
+    return CalibrationData(model=None, saes=saes, sites=tuple(saes), benign=benign_data(seed=seed),
+                           behaviour=benign_data(16, seed + 1),
+                           contrast={s: x - 1.0 for s, x in benign_data(16, seed + 2).items()},
+                           behaviour_prompts=(), features=FEATURES,
+                           options={"error_ellipsoid": {"rank": 4, "coverage": 0.9}})  # rank < d: a complement
+
+
+def calibrate(spec: DefenseSpec, data: CalibrationData) -> Any:
+    """``spec``'s calibration on ``data``; the closed-loop echo is hand-made (it would need a model run)."""
+    if spec.calibrate is None:
+        return None
+    if issubclass(spec.defense, ClosedLoopClamp):
+        return ClosedLoopCalibration(features={SITES[1]: torch.tensor([9, 11])},
+                                     scores={SITES[1]: torch.tensor([0.5, 0.2])},
+                                     source={SITES[0]: list(FEATURES[SITES[0]])})
+    return spec.calibrate(data)
+
+
 def calibrations(saes: Mapping[str, Any], seed: int = 0) -> dict[str, Any]:
-    """One calibration of each kind, fitted on random data (n > d, so PCA is full rank)."""
-    benign = benign_data(seed=seed)
-    behaviour = benign_data(16, seed + 1)
-    contrast = {s: x - 1.0 for s, x in benign_data(16, seed + 2).items()}
-    # the closed-loop echo comes from a model run; a hand-made one keeps these cases model-free
-    echo = ClosedLoopCalibration(features={SITES[1]: torch.tensor([9, 11])}, scores={SITES[1]: torch.tensor([0.5, 0.2])},
-                                 source={SITES[0]: list(FEATURES[SITES[0]])})
-    return {
-        "error_norm": calibrate_error_norms(saes, benign),
-        "error_subspace": calibrate_error_subspace(saes, benign, behaviour_resid=behaviour, contrast_resid=contrast),
-        "error_ellipsoid": calibrate_ellipsoid(saes, benign, rank=4, coverage=0.9),
-        "closed_loop": echo,
-        "direction_ablation": calibrate_directions(behaviour, contrast),
-    }
+    """Each registered defense's calibration from its spec, by defense name."""
+    data = calibration_data(saes, seed)
+    return {name: calibrate(spec, data) for name, spec in DEFENSES.items() if spec.calibrate is not None}
 
 
 def working_configs() -> dict[str, Any]:
-    """Each built-in defense at settings that edit (quantiles low enough to bite on random data)."""
-    return {
-        "clamp": ClampConfig(features=FEATURES, mode="multiply", value=0.3),
-        "splice": SpliceConfig(features=FEATURES),
-        "error_norm": ErrorNormConfig(features=FEATURES, quantile=0.3),
-        "error_subspace": ErrorSubspaceConfig(features=FEATURES, rank=5),
-        "error_ellipsoid": EllipsoidConfig(features=FEATURES),
-        "closed_loop": ClosedLoopConfig(features={SITES[0]: FEATURES[SITES[0]]}),
-        "error_monitor": ErrorMonitorConfig(features=FEATURES, quantile=0.5),
-        "direction_ablation": DirectionConfig(),
-    }
+    """Each registered defense with a self-test config, at that config (one that edits in this world)."""
+    return {name: spec.selftest(FEATURES) for name, spec in DEFENSES.items() if spec.selftest is not None}
 
 
 @dataclass(frozen=True)
@@ -191,32 +185,18 @@ def tiny_world(seed: int = 0) -> TinyWorld:
     return TinyWorld(model, saes, calibrations(saes, seed))
 
 
+def world_calibration(world: TinyWorld, name: str) -> Any:
+    """The tiny world's calibration of defense ``name`` (fitted on first use: a user's defense may
+    register after the world was built); None for a defense without one."""
+    if name not in world.calibrations:
+        world.calibrations[name] = calibrate(DEFENSES[name], calibration_data(world.saes))
+    return world.calibrations[name]
+
+
 def tiny_batch(seed: int = 0, lengths: Sequence[int] = LENGTHS) -> AttackBatch:
     """Random prompts of the given lengths, right-padded (so padding is exercised too)."""
     gen = torch.Generator().manual_seed(seed + 100)
     return AttackBatch.from_lists([torch.randint(0, D_VOCAB, (n,), generator=gen).tolist() for n in lengths])
-
-
-# -- builders ----------------------------------------------------------------------------------
-def _registered(config) -> Builder:
-    """A builder for a built-in config: the registered defense with the calibration of its kind."""
-    kind = "error_norm" if config.name == "error_monitor" else config.name
-
-    def build(saes: Mapping[str, Any], calibs: Mapping[str, Any]) -> Defense:
-        return build_defense(config, dict(saes), calibs.get(kind))
-
-    return build
-
-
-SELFTEST_BUILDERS: dict[str, Builder] = {name: _registered(cfg) for name, cfg in working_configs().items()}
-
-
-def register_selftest(name: str, builder: Builder) -> None:
-    """Add (or replace) the self-test builder of defense ``name``: ``builder(saes, calibrations)``
-    gets the tiny world's {site: SAE} at ``SITES`` and ``calibrations`` and returns the defense."""
-    if not callable(builder):
-        raise ToolkitError(f"register_selftest({name!r}): builder must be callable, got {type(builder).__name__}")
-    SELFTEST_BUILDERS[str(name)] = builder
 
 
 # -- objectives and planting -------------------------------------------------------------------
@@ -462,29 +442,25 @@ def _in_span_case(stages: Sequence[Stage], seed: int) -> tuple[SelfTestCase, str
 
 def _analytic(name: str) -> bool:
     """The in-span case applies to the registered plain clamp only (its edit keeps the error)."""
-    entry = DEFENSES.get(name)
-    return entry is not None and entry[1] is FeatureClamp
+    return DEFENSES[name].defense is FeatureClamp
 
 
 # -- entry points ------------------------------------------------------------------------------
 def run_selftest(name: str, steps: int = 20, stages: Sequence[Stage] | None = None,
                  seed: int = 0) -> tuple[SelfTestResult, tuple[SelfTestCase, ...]]:
     """``verify_defense`` with the cascade runs it judged (none for an unverified defense)."""
-    if name not in SELFTEST_BUILDERS and name not in DEFENSES:
-        raise unknown_name("defense", name, sorted({*DEFENSES, *SELFTEST_BUILDERS}), "self-test")
-    builder = SELFTEST_BUILDERS.get(name)
-    if builder is None:
+    spec = DEFENSES[DEFENSES.check(name, "self-test")]
+    if spec.selftest is None:
         return SelfTestResult(name, False, False, False, "unverified",
-                              f"no self-test builder for {name!r}; add one with "
-                              "certify.selftest.register_selftest"), ()
+                              f"defense {name!r} has no self-test config; give its DefenseSpec a selftest"), ()
     stages = default_stages(steps=steps, seed=seed) if stages is None else tuple(stages)
     start = time.perf_counter()
     with one_thread():
         world = tiny_world()
         try:
-            defense = builder(dict(world.saes), dict(world.calibrations))  # copies: a builder may edit them
+            defense = build_defense(spec.selftest(FEATURES), dict(world.saes), world_calibration(world, name))
         except ToolkitError as exc:
-            raise ToolkitError(f"self-test builder for {name!r} failed on the tiny world: {exc}") from exc
+            raise ToolkitError(f"self-test of {name!r}: building it on the tiny world failed: {exc}") from exc
         cases, texts = zip(*[_causal_case(world, defense, stages, seed),
                              *([_in_span_case(stages, seed)] if _analytic(name) else [])], strict=True)
     planted = int(cases[0].planted.sum())

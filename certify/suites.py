@@ -26,7 +26,8 @@ from typing import Any
 
 from certify.config import SuiteConfig
 from certify.provenance import record_config
-from guard.errors import ToolkitError, unknown_name
+from guard.errors import ToolkitError
+from guard.named import Registry
 
 
 @dataclass(frozen=True)
@@ -103,13 +104,13 @@ class Suite:
 
 
 ENTRY_POINT_GROUP = "latentguard.suites"
-_REGISTERED: dict[str, Suite] = {}
+SUITES: Registry[Suite] = Registry("suite")
 
 
-def register_suite(suite: Suite) -> None:
+def register_suite(suite: Suite, *, replace: bool = False) -> None:
     if not isinstance(suite, Suite):
         raise ToolkitError(f"register_suite: expected a Suite, got {type(suite).__name__}")
-    _REGISTERED[suite.name] = suite
+    SUITES.add(suite.name, suite, replace=replace)
 
 
 @functools.cache
@@ -119,20 +120,19 @@ def _load_entry_points() -> None:
         if not isinstance(suite, Suite) or suite.name != entry.name:
             raise ToolkitError(f"entry point {entry.name!r} of {ENTRY_POINT_GROUP!r} ({entry.value}) must be a "
                                f"Suite named {entry.name!r}")
-        _REGISTERED.setdefault(suite.name, suite)
+        if suite.name not in SUITES:  # one registered in code takes precedence
+            SUITES.add(suite.name, suite)
 
 
 def suites() -> dict[str, Suite]:
     """Every registered suite by name (the built-in demo and those of installed packages)."""
     _load_entry_points()
-    return dict(_REGISTERED)
+    return dict(SUITES.items())
 
 
 def get_suite(name: str) -> Suite:
-    known = suites()
-    if name not in known:
-        raise unknown_name("suite", name, known.keys(), "certify")
-    return known[name]
+    _load_entry_points()
+    return SUITES[SUITES.check(name, "certify")]
 
 
 register_suite(Suite(

@@ -4,7 +4,7 @@ What it is: the adaptive evaluation of guard's defenses on the embedded subject
 (SmolLM2-135M-Instruct + shipped SAEs). Per setting, the plain clamp ("clamp", the
 reference) is selected by attribution (experiments/settings/selection.py) on a selection
 split of samples kept apart from the evaluated ones; every residual-aware defense of
-``guard.registry`` is built at its default settings (``guard.utility.default_configs``)
+``guard.registry`` is built at its spec's default settings (``guard.spec.DefenseSpec.default``)
 *composed with that same clamp* (its ``features``), calibrated on benign activations from
 the built-in benign text (``experiments.utility.builtin_text``; half the chunks calibrate, the
 other half measure utility). Direction-based calibrations (direction ablation, the error
@@ -40,7 +40,6 @@ import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -58,15 +57,10 @@ from experiments.reproduce_core import SettingObjective
 from experiments.settings import SETTINGS, Sample, get_setting, validity
 from experiments.utility import builtin_text
 from guard.base import Defense
-from guard.calibration import collect_resid, last_token_resid
-from guard.closed_loop import calibrate_closed_loop
-from guard.direction import calibrate_directions
-from guard.ellipsoid import calibrate_ellipsoid
-from guard.error_norm import calibrate_error_norms
-from guard.errors import ToolkitError, unknown_name
-from guard.registry import DEFENSES, build_defense
-from guard.subspace import calibrate_error_subspace
-from guard.utility import chunk_tokens, default_configs, measure_utility_many
+from guard.errors import ToolkitError
+from guard.registry import DEFENSES, build_defaults
+from guard.spec import CalibrationData
+from guard.utility import chunk_tokens, measure_utility_many
 
 REFERENCE = "clamp"
 SUBJECT_NAME = "SmolLM2-135M-Instruct + shipped SAEs"
@@ -119,41 +113,6 @@ def contrast_prompts(model) -> list[torch.Tensor]:
     return [model.to_tokens(chat_prompt(r), prepend_bos=False)[0] for r in CONTRAST_REQUESTS]
 
 
-# which calibration each built-in defense reads (a defense absent here needs none)
-CALIBRATION_OF = {"error_norm": "error_norm", "error_monitor": "error_norm", "error_subspace": "error_subspace",
-                  "error_ellipsoid": "error_ellipsoid", "closed_loop": "closed_loop",
-                  "direction_ablation": "direction"}
-
-
-def calibrate(model, saes: Mapping[str, object], site: str, calib_tokens: torch.Tensor,
-              behaviour: Sequence[torch.Tensor], contrast: Sequence[torch.Tensor],
-              features: Mapping[str, Sequence[int]], needed: Sequence[str] | None = None) -> dict[str, Any]:
-    """``guard.utility.calibrate_all``'s calibrations (only the ``needed`` ones), fitted only where
-    the defenses act.
-
-    The residual-aware defenses act at the clamp's site only (their ``features`` keys), so the
-    benign-error calibrations (norm, subspace, ellipsoid: an MVEE fit per site, the slow one)
-    and the direction are fitted at that site alone; the closed loop watches every SAE site
-    downstream, so it sees all SAEs.
-    """
-    needed = set(CALIBRATION_OF.values()) if needed is None else set(needed)
-    if not needed:
-        return {}
-    here = {site: saes[site]}
-    benign = collect_resid(model, calib_tokens, [site])
-    behaviour_resid = last_token_resid(model, behaviour, [site])
-    contrast_resid = last_token_resid(model, contrast, [site])
-    fits = {
-        "error_norm": lambda: calibrate_error_norms(here, benign),
-        "error_subspace": lambda: calibrate_error_subspace(here, benign, behaviour_resid=behaviour_resid,
-                                                           contrast_resid=contrast_resid),
-        "error_ellipsoid": lambda: calibrate_ellipsoid(here, benign),
-        "closed_loop": lambda: calibrate_closed_loop(model, saes, list(behaviour), features),
-        "direction": lambda: calibrate_directions(behaviour_resid, contrast_resid),
-    }
-    return {key: fit() for key, fit in fits.items() if key in needed}
-
-
 def build_world(model, saes: Mapping[str, object], setting_name: str, select: Sequence[Sample],
                 evaluate: Sequence[Sample], defense_names: Sequence[str], *, site: str, n_latents: int,
                 calib_tokens: torch.Tensor, eval_tokens: torch.Tensor, contrast: Sequence[torch.Tensor],
@@ -171,14 +130,12 @@ def build_world(model, saes: Mapping[str, object], setting_name: str, select: Se
         print(f"[standard] {setting_name}: {what} ({time.perf_counter() - start:.0f} s)", file=sys.stderr, flush=True)
 
     log(f"clamp of {len(selection.features)} latents at {site} selected")
-    needed = {CALIBRATION_OF[name] for name in defense_names if name in CALIBRATION_OF}
-    calibs = calibrate(model, saes, site, calib_tokens, behaviour, list(contrast), features, needed)
-    log("calibrated" + (f" ({', '.join(sorted(calibs))})" if calibs else ": nothing to calibrate"))
+    # the residual-aware defenses act at the clamp's site, so their benign statistics (an MVEE fit per
+    # site is the slow one) and the direction are fitted there alone; a closed loop still sees every SAE
     with tempfile.TemporaryDirectory() as tmp:
-        folders = {key: "" for key in set(CALIBRATION_OF.values())}  # defenses not asked for are not built
-        folders.update({key: str(c.save(Path(tmp) / key)) for key, c in calibs.items()})
-        configs = default_configs({site: saes[site]}, features, folders)  # direction: at the site only
-        defenses = {name: build_defense(configs[name], saes) for name in defense_names}
+        defenses = build_defaults(defense_names, saes, features, (site,), tmp, lambda: CalibrationData.collect(
+            model, saes, (site,), calib_tokens, behaviour, list(contrast), features))
+    log(f"calibrated and built {', '.join(defenses)}")
     utility = {name: r.delta_ce for name, r in measure_utility_many(model, defenses, eval_tokens).items()}
     log(f"utility of {len(defenses)} defenses on {tuple(eval_tokens.shape)} benign tokens")
     valid, scores = {}, {}
@@ -240,7 +197,7 @@ def evaluate_unit(world: SettingWorld, unit: StandardUnit, model, *, attack_batc
 
 
 def buildable_defenses() -> tuple[str, ...]:
-    """Registered defenses with a default config in ``guard.utility`` (plain clamp first)."""
+    """Every registered defense (plain clamp first)."""
     names = list(DEFENSES)
     return tuple(["clamp"] + [n for n in names if n != "clamp"])
 
@@ -255,11 +212,9 @@ def check_config(config: SuiteConfig) -> tuple[SuiteConfig, dict[str, Any]]:
         raise ToolkitError(f"standard suite: option seq_len must be >= 2 (a next-token loss needs two tokens), "
                            f"got {opts['seq_len']}")
     for name in config.defenses:
-        if name not in DEFENSES:
-            raise unknown_name("defense", name, DEFENSES, "standard suite")
+        DEFENSES.check(name, "standard suite")
     for name in config.settings:
-        if name not in SETTINGS:
-            raise unknown_name("setting", name, SETTINGS, "standard suite")
+        SETTINGS.check(name, "standard suite")
     if REFERENCE not in config.defenses:
         raise ToolkitError(f"standard suite: the plain clamp {REFERENCE!r} is the reference; keep it in defenses")
     return config, opts

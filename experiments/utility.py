@@ -3,7 +3,7 @@ on the embedded subject (SmolLM2-135M-Instruct plus the shipped SAEs).
 
 The benign text (built in, or ``--text-file``) is tokenised and cut into chunks of ``--seq-len``
 tokens; the first ``--calib-fraction`` of chunks calibrates the residual-aware defenses, the
-rest is held out (``guard.utility.utility_report``). Clamp features: since no setting has
+rest is held out (``utility_report``). Clamp features: since no setting has
 selected features here, every site clamps a fixed random set of ``--n-features`` latents (seed
 ``--seed``) to 0 -- a stand-in for a real feature set, stated in the output. Behaviour
 directions come from the built-in contrast requests (``guard.texts``). The last printed line
@@ -15,19 +15,23 @@ from __future__ import annotations
 import argparse
 import json
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
+
+import torch
 
 from certify.stats import Rate
 from experiments.saes.shipped import SHIPPED_DIR, shipped_sites
 from experiments.subject import load_subject
 from experiments.subject.chat import chat_prompt, chat_transcript
 from guard import validate
-from guard.errors import ToolkitError, unknown_name
-from guard.registry import DEFENSES
+from guard.errors import ToolkitError
+from guard.monitor import ErrorMonitor, false_positive_rate
+from guard.registry import DEFENSES, build_defaults
+from guard.spec import CalibrationData
 from guard.texts import BEHAVIOUR_REQUESTS, BENIGN_EXCHANGES, BENIGN_PARAGRAPHS, CONTRAST_REQUESTS
-from guard.utility import chunk_tokens, random_features, utility_report
+from guard.utility import chunk_tokens, measure_utility_many, random_features
 
 
 def builtin_text() -> str:
@@ -38,6 +42,30 @@ def builtin_text() -> str:
         if i < len(BENIGN_EXCHANGES):  # interleave, so both halves hold prose and chat
             parts.append(chat_transcript(*BENIGN_EXCHANGES[i]))
     return "".join(parts)
+
+
+def utility_report(model, saes: Mapping[str, object], calib_tokens: torch.Tensor, eval_tokens: torch.Tensor,
+                   behaviour_prompts: Sequence[torch.Tensor], contrast_prompts: Sequence[torch.Tensor], *,
+                   features: Mapping[str, Sequence[int]], calib_dir: str | Path, names: Sequence[str] | None = None,
+                   batch_size: int = 4, progress: bool = False) -> dict[str, dict[str, Any]]:
+    """Calibrate on ``calib_tokens`` (every SAE site), save, rebuild from the folders, and measure
+    every (or each named) registered defense on ``eval_tokens``.
+
+    Returns {defense name: {"delta_ce", "kl", "ce_base", "ce_defended", "n_tokens"}}; a monitor's
+    entry adds its false-positive rate on the rows of ``eval_tokens`` (one row = one prompt).
+    """
+    if not saes:
+        raise ToolkitError("utility: the subject has no SAEs")
+    names = [DEFENSES.check(name, "utility") for name in names] if names else list(DEFENSES)
+    defenses = build_defaults(names, saes, features, tuple(saes), calib_dir, lambda: CalibrationData.collect(
+        model, saes, tuple(saes), calib_tokens, behaviour_prompts, contrast_prompts, features, progress=progress))
+    results = measure_utility_many(model, defenses, eval_tokens, batch_size=batch_size, progress=progress)
+    report = {name: {k: v for k, v in r.to_dict().items() if k != "name"} for name, r in results.items()}
+    for name, defense in defenses.items():
+        if isinstance(defense, ErrorMonitor):
+            rate = false_positive_rate(model, defense, eval_tokens)
+            report[name].update(fpr=rate.rate, fpr_k=rate.k, fpr_n=rate.n)
+    return report
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -74,8 +102,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, dict[str, Any]]:
         validate.device(args.device)
         names = [n.strip() for n in args.defenses.split(",") if n.strip()] or None
         for name in names or ():
-            if name not in DEFENSES:
-                raise unknown_name("defense", name, DEFENSES, "--defenses")
+            DEFENSES.check(name, "--defenses")
         text = validate.text_file(args.text_file, "--text-file") if args.text_file else None
         if args.save_calibrations is not None:
             validate.writable_dir(args.save_calibrations, "--save-calibrations")

@@ -19,15 +19,18 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
+from safetensors.torch import load_file, save_file
+from tqdm import tqdm
 
 from guard.errors import ToolkitError, unknown_name
+from guard.named import Registry
 from guard.sae_ops import sink_mask
 
 TENSORS_FILE = "calibration.safetensors"
 META_FILE = "calibration.json"
 FORMAT_VERSION = 1
 
-CALIBRATIONS: dict[str, type[Calibration]] = {}
+CALIBRATIONS: Registry[type[Calibration]] = Registry("calibration kind")
 
 
 @dataclass(frozen=True)
@@ -41,7 +44,7 @@ class Calibration:
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
-        CALIBRATIONS[cls.kind] = cls
+        CALIBRATIONS.add(cls.kind, cls)
 
     def _tensor_fields(self) -> list[str]:
         return [f.name for f in fields(self) if isinstance(getattr(self, f.name), dict)
@@ -54,8 +57,6 @@ class Calibration:
         return tuple(getattr(self, names[0])) if names else ()
 
     def save(self, folder: str | Path) -> Path:
-        from safetensors.torch import save_file
-
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         tensor_fields = self._tensor_fields()
@@ -77,17 +78,13 @@ class Calibration:
 
 def load_calibration(folder: str | Path) -> Calibration:
     """Read a calibration folder written by ``Calibration.save`` (any kind)."""
-    from safetensors.torch import load_file
-
     folder = Path(folder)
     if not (folder / META_FILE).is_file() or not (folder / TENSORS_FILE).is_file():
         raise ToolkitError(f"no calibration in {str(folder)!r} (expected {META_FILE} and {TENSORS_FILE})")
     header = json.loads((folder / META_FILE).read_text())
     kind = header.get("kind")
-    if kind not in CALIBRATIONS:
-        import guard.registry  # noqa: F401  (defines every calibration kind)
-    if kind not in CALIBRATIONS:
-        raise ToolkitError(f"calibration folder {str(folder)!r}: unknown kind {kind!r}")
+    if kind not in CALIBRATIONS:  # kinds register when their defense module is imported (``import guard``)
+        raise unknown_name("calibration kind", str(kind), CALIBRATIONS, f"calibration folder {str(folder)!r}")
     raw = load_file(str(folder / TENSORS_FILE))
     values: dict[str, Any] = dict(header["meta"])
     for name in header["tensor_fields"]:
@@ -163,8 +160,6 @@ def collect_resid(model, tokens: Iterable[torch.Tensor] | torch.Tensor, sites: I
     out: dict[str, list[torch.Tensor]] = {s: [] for s in sorted(sites, key=order.index)}
     iterator = batches
     if progress:
-        from tqdm import tqdm
-
         iterator = tqdm(batches, desc="collect activations", leave=False)
     for batch in iterator:
         _, cache = model.run_with_cache(batch, names_filter=lambda n: n in out, stop_at_layer=stop)

@@ -29,6 +29,7 @@ import torch
 from guard.base import DefendedLatents, Defense, DefenseConfig
 from guard.errors import ToolkitError, unknown_name
 from guard.sae_ops import check_activations, check_features, encode, feature_delta, sink_mask
+from guard.spec import DefenseSpec
 
 MODES = ("set", "multiply")
 
@@ -119,3 +120,8 @@ class FeatureClamp(Defense):
 
     def defended_latents(self) -> list[DefendedLatents]:
         return [DefendedLatents(site, self.saes[site], self.features[site]) for site in self.sites]
+
+
+SPEC = DefenseSpec(ClampConfig, FeatureClamp,
+                   default=lambda features, sites, calibration: ClampConfig(features=features),
+                   selftest=lambda features: ClampConfig(features=features, mode="multiply", value=0.3))

@@ -40,6 +40,7 @@ from guard.calibration import Calibration, resolve
 from guard.clamp import ClampConfig, FeatureClamp, normalise_features
 from guard.errors import ToolkitError, unknown_name
 from guard.sae_ops import check_features, encode, sink_mask
+from guard.spec import CalibrationData, DefenseSpec
 
 
 @dataclass(frozen=True)
@@ -180,3 +181,16 @@ class ClosedLoopClamp(FeatureClamp):
             return int(parts[1]) if parts[0] == "blocks" and parts[1].isdigit() else float("inf")
         return tuple(sorted(self.features, key=layer))
 
+
+def _calibrate(data: CalibrationData) -> ClosedLoopCalibration:
+    # the echo is read at every SAE site downstream of the clamp, so it sees the whole subject
+    return calibrate_closed_loop(data.model, data.saes, list(data.behaviour_prompts), data.features,
+                                 **data.options_for(ClosedLoopConfig.name))
+
+
+SPEC = DefenseSpec(ClosedLoopConfig, ClosedLoopClamp,
+                   default=lambda features, sites, calibration: ClosedLoopConfig(features=features,
+                                                                                 calibration=calibration),
+                   calibrate=_calibrate,
+                   # the source clamp at the first site only, so there is a site downstream to echo to
+                   selftest=lambda features: ClosedLoopConfig(features=dict(list(features.items())[:1])))

@@ -30,6 +30,7 @@ from guard.base import Defense, DefenseConfig
 from guard.calibration import Calibration, check_covers, check_site_data, resolve
 from guard.errors import ToolkitError
 from guard.sae_ops import sink_mask
+from guard.spec import CalibrationData, DefenseSpec
 from guard.subspace import difference_of_means
 
 
@@ -106,3 +107,13 @@ class DirectionAblation(Defense):
         removed = self.config.strength * ((resid @ basis) @ basis.T)
         keep = ~sink_mask(resid, self.config.sink_ratio)
         return resid - removed * keep[..., None].to(resid.dtype)
+
+
+def _calibrate(data: CalibrationData) -> DirectionCalibration:
+    return calibrate_directions(data.behaviour, data.contrast, **data.options_for(DirectionConfig.name))
+
+
+SPEC = DefenseSpec(DirectionConfig, DirectionAblation,
+                   default=lambda features, sites, calibration: DirectionConfig(sites=sites, calibration=calibration),
+                   calibrate=_calibrate,
+                   selftest=lambda features: DirectionConfig())

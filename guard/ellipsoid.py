@@ -38,6 +38,7 @@ import torch
 from guard.calibration import Calibration, check_covers, resolve
 from guard.errors import ToolkitError
 from guard.residual import ResidualConfig, ResidualDefense, benign_errors
+from guard.spec import CalibrationData, DefenseSpec
 
 
 @dataclass(frozen=True)
@@ -146,3 +147,14 @@ class EllipsoidGuard(ResidualDefense):
         if self.config.keep_complement:
             out = out + centred - y @ basis.T
         return out
+
+
+def _calibrate(data: CalibrationData) -> EllipsoidCalibration:
+    return calibrate_ellipsoid(data.saes_here(), data.benign, **data.options_for(EllipsoidConfig.name))
+
+
+SPEC = DefenseSpec(EllipsoidConfig, EllipsoidGuard,
+                   default=lambda features, sites, calibration: EllipsoidConfig(features=features,
+                                                                                calibration=calibration),
+                   calibrate=_calibrate,
+                   selftest=lambda features: EllipsoidConfig(features=features))

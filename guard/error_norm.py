@@ -29,6 +29,7 @@ import torch
 from guard.calibration import Calibration, check_covers, resolve
 from guard.errors import ToolkitError
 from guard.residual import ResidualConfig, ResidualDefense, benign_errors
+from guard.spec import CalibrationData, DefenseSpec
 
 
 @dataclass(frozen=True)
@@ -82,3 +83,14 @@ class ErrorNormBound(ResidualDefense):
         tau = self.thresholds[site]
         norms = error.norm(dim=-1, keepdim=True)
         return error * (tau / norms.clamp_min(tau))
+
+
+def _calibrate(data: CalibrationData) -> ErrorNormCalibration:
+    return calibrate_error_norms(data.saes_here(), data.benign, **data.options_for(ErrorNormConfig.name))
+
+
+SPEC = DefenseSpec(ErrorNormConfig, ErrorNormBound,
+                   default=lambda features, sites, calibration: ErrorNormConfig(features=features,
+                                                                                calibration=calibration),
+                   calibrate=_calibrate,
+                   selftest=lambda features: ErrorNormConfig(features=features, quantile=0.3))

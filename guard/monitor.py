@@ -34,9 +34,11 @@ from typing import Any, Literal
 import torch
 
 from guard.calibration import check_covers, resolve
+from guard.error_norm import SPEC as ERROR_NORM_SPEC
 from guard.error_norm import ErrorNormCalibration, check_quantile
 from guard.errors import ToolkitError
 from guard.residual import ResidualConfig, ResidualDefense
+from guard.spec import DefenseSpec
 
 DEFAULT_REFUSAL = "I'm sorry, but I can't help with that."
 
@@ -156,3 +158,11 @@ def false_positive_rate(model, monitor: ErrorMonitor, prompts: Iterable[torch.Te
     if n == 0:
         raise ToolkitError("false-positive rate of zero prompts is undefined")
     return FlagCount(n=n, k=k)
+
+
+# the monitor reads the error-norm bound's calibration (benign quantiles of ||e||)
+SPEC = DefenseSpec(ErrorMonitorConfig, ErrorMonitor,
+                   default=lambda features, sites, calibration: ErrorMonitorConfig(features=features,
+                                                                                   calibration=calibration),
+                   calibrate=ERROR_NORM_SPEC.calibrate,
+                   selftest=lambda features: ErrorMonitorConfig(features=features, quantile=0.5))

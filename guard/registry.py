@@ -1,56 +1,70 @@
-"""One registry of defense variants: config class + defense class, keyed by config ``name``."""
+"""The defense registry: one ``DefenseSpec`` per defense name (``guard.spec``).
+
+The built-in defenses register their module's ``SPEC`` below; a user's defense registers
+its own with ``register_defense``, and then every suite, utility table and self-test sees it.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
+from guard import clamp, closed_loop, direction, ellipsoid, error_norm, monitor, splice, subspace
 from guard.base import Defense, DefenseConfig
 from guard.calibration import Calibration
-from guard.clamp import ClampConfig, FeatureClamp
-from guard.closed_loop import ClosedLoopClamp, ClosedLoopConfig
-from guard.direction import DirectionAblation, DirectionConfig
-from guard.ellipsoid import EllipsoidConfig, EllipsoidGuard
-from guard.error_norm import ErrorNormBound, ErrorNormConfig
-from guard.errors import ToolkitError, unknown_name
-from guard.monitor import ErrorMonitor, ErrorMonitorConfig
-from guard.splice import ReconstructionSplice, SpliceConfig
-from guard.subspace import ErrorSubspaceConfig, ErrorSubspaceProjection
+from guard.errors import ToolkitError
+from guard.named import Registry
+from guard.named import config_from_dict as _config_from_dict
+from guard.spec import CalibrationData, DefenseSpec, Features
 
-DEFENSES: dict[str, tuple[type[DefenseConfig], type[Defense]]] = {}
+DEFENSES: Registry[DefenseSpec] = Registry("defense")
 
 
-def register(config_cls: type[DefenseConfig], defense_cls: type[Defense]) -> None:
-    DEFENSES[config_cls.name] = (config_cls, defense_cls)
+def register_defense(spec: DefenseSpec, *, replace: bool = False) -> DefenseSpec:
+    """Register a defense under its config's ``name`` (a second one of that name is an error)."""
+    if not isinstance(spec, DefenseSpec):
+        raise ToolkitError(f"register_defense: expected a guard.DefenseSpec, got {type(spec).__name__}")
+    return DEFENSES.add(spec.name, spec, replace=replace)
 
 
-def config_from_dict(data: dict[str, Any]) -> DefenseConfig:
-    data = dict(data)
-    name = data.pop("name")
-    if name not in DEFENSES:
-        raise unknown_name("defense", name, DEFENSES.keys())
-    try:
-        return DEFENSES[name][0](**data)
-    except TypeError as exc:
-        raise ToolkitError(f"defense {name!r}: bad config fields: {exc}") from exc
+def config_from_dict(data: Mapping[str, Any]) -> DefenseConfig:
+    return _config_from_dict(DEFENSES, data)
 
 
 def build_defense(config: DefenseConfig, saes: Mapping[str, object] | None = None,
                   calibration: Calibration | None = None) -> Defense:
     """The registered defense for ``config``; ``calibration`` overrides ``config.calibration``."""
-    if config.name not in DEFENSES:
-        raise unknown_name("defense", config.name, DEFENSES.keys())
-    defense_cls = DEFENSES[config.name][1]
+    defense_cls = DEFENSES[config.name].defense
     if calibration is None:
         return defense_cls(config, saes)
     return defense_cls(config, saes, calibration=calibration)
 
 
-register(ClampConfig, FeatureClamp)
-register(SpliceConfig, ReconstructionSplice)
-register(ErrorNormConfig, ErrorNormBound)
-register(ErrorSubspaceConfig, ErrorSubspaceProjection)
-register(EllipsoidConfig, EllipsoidGuard)
-register(ClosedLoopConfig, ClosedLoopClamp)
-register(ErrorMonitorConfig, ErrorMonitor)
-register(DirectionConfig, DirectionAblation)
+def needs_calibration(names: Sequence[str]) -> bool:
+    return any(DEFENSES[name].calibrate is not None for name in names)
+
+
+def build_defaults(names: Sequence[str], saes: Mapping[str, object], features: Features, sites: Sequence[str],
+                   folder: str | Path, data: CalibrationData | Callable[[], CalibrationData] | None = None,
+                   ) -> dict[str, Defense]:
+    """Each named defense at its spec's default config on ``features`` (``sites``: where one without
+    features acts). A defense that calibrates is fitted on ``data`` (or on what the callable returns,
+    called once and only if some defense needs it), its calibration saved to ``folder/<name>`` and read
+    back through the config, so what runs is exactly what was saved."""
+    specs = [DEFENSES[name] for name in names]
+    if callable(data) and needs_calibration(names):
+        data = data()
+    out = {}
+    for spec in specs:
+        calibration = ""
+        if spec.calibrate is not None:
+            if not isinstance(data, CalibrationData):
+                raise ToolkitError(f"defense {spec.name!r} needs calibration data (guard.CalibrationData)")
+            calibration = str(spec.calibrate(data).save(Path(folder) / spec.name))
+        out[spec.name] = build_defense(spec.default(features, tuple(sites), calibration), saes)
+    return out
+
+
+for _module in (clamp, splice, error_norm, subspace, ellipsoid, closed_loop, monitor, direction):
+    register_defense(_module.SPEC)

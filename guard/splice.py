@@ -25,6 +25,7 @@ from dataclasses import dataclass
 import torch
 
 from guard.residual import ResidualConfig, ResidualDefense
+from guard.spec import DefenseSpec
 
 
 @dataclass(frozen=True)
@@ -45,3 +46,8 @@ class ReconstructionSplice(ResidualDefense):
 
     def transform_error(self, error: torch.Tensor, site: str, keep: torch.Tensor) -> torch.Tensor:
         return error * self.config.error_scale
+
+
+SPEC = DefenseSpec(SpliceConfig, ReconstructionSplice,
+                   default=lambda features, sites, calibration: SpliceConfig(features=features),
+                   selftest=lambda features: SpliceConfig(features=features))

@@ -36,6 +36,7 @@ import torch
 from guard.calibration import Calibration, check_covers, resolve
 from guard.errors import ToolkitError
 from guard.residual import ResidualConfig, ResidualDefense, benign_errors
+from guard.spec import CalibrationData, DefenseSpec
 
 
 @dataclass(frozen=True)
@@ -157,3 +158,15 @@ class ErrorSubspaceProjection(ResidualDefense):
             b, correction = self.behaviour[site].to(error), self._correction[site].to(error)
             coords = coords - (coords @ (basis.T @ b) + mu @ b) @ correction.T
         return mu + coords @ basis.T
+
+
+def _calibrate(data: CalibrationData) -> ErrorSubspaceCalibration:
+    return calibrate_error_subspace(data.saes_here(), data.benign, behaviour_resid=data.behaviour,
+                                    contrast_resid=data.contrast, **data.options_for(ErrorSubspaceConfig.name))
+
+
+SPEC = DefenseSpec(ErrorSubspaceConfig, ErrorSubspaceProjection,
+                   default=lambda features, sites, calibration: ErrorSubspaceConfig(features=features,
+                                                                                    calibration=calibration),
+                   calibrate=_calibrate,
+                   selftest=lambda features: ErrorSubspaceConfig(features=features, rank=5))

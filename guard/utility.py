@@ -1,38 +1,22 @@
-"""Utility cost of every registered defense: next-token cross-entropy increase and KL to the
-undefended model on held-out benign text.
-
-Benign token chunks are split: the first part calibrates the residual-aware defenses (each
-calibration saved to its own folder and loaded back through the config), the rest is held
-out for the measurement. Behaviour directions (direction ablation, error-subspace behaviour
-removal) and the closed-loop echo come from contrast prompts the caller passes (the command
-line, ``python -m experiments.utility``, uses ``guard.texts`` on the embedded subject).
+"""Utility cost of a defense: next-token cross-entropy increase and KL to the undefended model
+on benign text.
 
 Per defense: ``delta_ce`` = CE(defended) - CE(undefended), ``kl`` = mean over predicted
-tokens of KL(undefended || defended) (nats); the monitor also reports its false-positive
-rate on the held-out chunks. The last printed line is one JSON object keyed by defense name.
+tokens of KL(undefended || defended) (nats). The pipeline that calibrates every registered
+defense and measures it is ``experiments.utility`` (and the certify suites).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
+from tqdm import tqdm
 
-from guard.base import Defense, DefenseConfig
-from guard.calibration import Calibration, collect_resid, last_token_resid
-from guard.clamp import ClampConfig
-from guard.closed_loop import ClosedLoopConfig, calibrate_closed_loop
-from guard.direction import DirectionConfig, calibrate_directions
-from guard.ellipsoid import EllipsoidConfig, calibrate_ellipsoid
-from guard.error_norm import ErrorNormConfig, calibrate_error_norms
-from guard.errors import ToolkitError, unknown_name
-from guard.monitor import ErrorMonitor, ErrorMonitorConfig, false_positive_rate
-from guard.registry import DEFENSES, build_defense
-from guard.splice import SpliceConfig
-from guard.subspace import ErrorSubspaceConfig, calibrate_error_subspace
+from guard.base import Defense
+from guard.errors import ToolkitError
 
 
 @dataclass(frozen=True)
@@ -62,8 +46,6 @@ def measure_utility_many(model, defenses: Mapping[str, Defense], tokens: torch.T
     n = 0
     batches = tokens.split(batch_size)
     if progress:
-        from tqdm import tqdm
-
         batches = tqdm(batches, desc="utility", leave=False)
     for batch in batches:
         target = batch[:, 1:, None]
@@ -90,71 +72,6 @@ def random_features(saes: Mapping[str, object], n: int = 16, seed: int = 0) -> d
     gen = torch.Generator().manual_seed(seed)
     return {site: tuple(sorted(torch.randperm(int(sae.cfg.d_sae), generator=gen)[:n].tolist()))
             for site, sae in saes.items()}
-
-
-def calibrate_all(model, saes: Mapping[str, object], calib_tokens: torch.Tensor,
-                  behaviour_prompts: Sequence[torch.Tensor], contrast_prompts: Sequence[torch.Tensor],
-                  features: Mapping[str, Sequence[int]], *, progress: bool = False) -> dict[str, Calibration]:
-    """Every calibration the default configs need, keyed by the folder name used for it."""
-    sites = list(saes)
-    benign = collect_resid(model, calib_tokens, sites, progress=progress)
-    behaviour = last_token_resid(model, behaviour_prompts, sites)
-    contrast = last_token_resid(model, contrast_prompts, sites)
-    return {
-        "error_norm": calibrate_error_norms(saes, benign),
-        "error_subspace": calibrate_error_subspace(saes, benign, behaviour_resid=behaviour, contrast_resid=contrast),
-        "error_ellipsoid": calibrate_ellipsoid(saes, benign),
-        "closed_loop": calibrate_closed_loop(model, saes, list(behaviour_prompts), features),
-        "direction": calibrate_directions(behaviour, contrast),
-    }
-
-
-def default_configs(saes: Mapping[str, object], features: Mapping[str, Sequence[int]],
-                    folders: Mapping[str, str]) -> dict[str, DefenseConfig]:
-    """Each registered defense at its default settings on ``features``, calibrations read from ``folders``."""
-    configs: dict[str, DefenseConfig] = {
-        "clamp": ClampConfig(features=features),
-        "splice": SpliceConfig(features=features),
-        "error_norm": ErrorNormConfig(features=features, calibration=folders["error_norm"]),
-        "error_subspace": ErrorSubspaceConfig(features=features, calibration=folders["error_subspace"]),
-        "error_ellipsoid": EllipsoidConfig(features=features, calibration=folders["error_ellipsoid"]),
-        "closed_loop": ClosedLoopConfig(features=features, calibration=folders["closed_loop"]),
-        "error_monitor": ErrorMonitorConfig(features=features, calibration=folders["error_norm"]),
-        "direction_ablation": DirectionConfig(sites=tuple(saes), calibration=folders["direction"]),
-    }
-    missing = set(DEFENSES) - set(configs)
-    if missing:
-        raise ToolkitError(f"utility: no default config for registered defenses {sorted(missing)}")
-    return configs
-
-
-def utility_report(model, saes: Mapping[str, object], calib_tokens: torch.Tensor, eval_tokens: torch.Tensor,
-                   behaviour_prompts: Sequence[torch.Tensor], contrast_prompts: Sequence[torch.Tensor], *,
-                   features: Mapping[str, Sequence[int]], calib_dir: str | Path, names: Sequence[str] | None = None,
-                   batch_size: int = 4, progress: bool = False) -> dict[str, dict[str, Any]]:
-    """Calibrate, save, rebuild from folders, and measure every (or each named) registered defense.
-
-    Returns {defense name: {"delta_ce", "kl", "ce_base", "ce_defended", "n_tokens"}}; the monitor's
-    entry adds its false-positive rate on the rows of ``eval_tokens`` (one row = one prompt).
-    """
-    if not saes:
-        raise ToolkitError("utility: the subject has no SAEs")
-    calibs = calibrate_all(model, saes, calib_tokens, behaviour_prompts, contrast_prompts, features,
-                           progress=progress)
-    folders = {key: str(calib.save(Path(calib_dir) / key)) for key, calib in calibs.items()}
-    configs = default_configs(saes, features, folders)
-    names = list(names) if names else list(DEFENSES)
-    for name in names:
-        if name not in configs:
-            raise unknown_name("defense", name, configs.keys(), "utility")
-    defenses = {name: build_defense(configs[name], saes) for name in names}
-    results = measure_utility_many(model, defenses, eval_tokens, batch_size=batch_size, progress=progress)
-    report = {name: {k: v for k, v in r.to_dict().items() if k != "name"} for name, r in results.items()}
-    for name, defense in defenses.items():
-        if isinstance(defense, ErrorMonitor):
-            rate = false_positive_rate(model, defense, eval_tokens)
-            report[name].update(fpr=rate.rate, fpr_k=rate.k, fpr_n=rate.n)
-    return report
 
 
 def chunk_tokens(tokens: torch.Tensor, seq_len: int) -> torch.Tensor:

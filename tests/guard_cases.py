@@ -43,8 +43,7 @@ def identity_configs() -> dict:
 def build(configs: dict, saes, calibs: dict) -> dict:
     missing = set(DEFENSES) - set(configs)
     assert not missing, f"test cases lack registered defenses {missing}"
-    return {name: build_defense(cfg, saes, calibs.get(name if name != "error_monitor" else "error_norm"))
-            for name, cfg in configs.items()}
+    return {name: build_defense(cfg, saes, calibs.get(name)) for name, cfg in configs.items()}
 
 
 def build_all(saes, calibs: dict) -> dict:

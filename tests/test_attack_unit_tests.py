@@ -21,22 +21,23 @@ from attacks.runner import Stage, default_stages, run_cascade, single_stage
 from attacks.threat import Positions, ThreatModel
 from certify import selftest
 from certify.selftest import (
-    SELFTEST_BUILDERS,
+    FEATURES,
     SITES,
     LogitDifferenceAt,
     SelfTestResult,
     plant,
-    register_selftest,
     run_selftest,
     threat_for,
     tiny_batch,
     tiny_world,
     verify_defense,
     verify_defenses,
+    world_calibration,
 )
 from guard.base import Defense, DefenseConfig
 from guard.errors import ToolkitError
-from guard.registry import DEFENSES, register
+from guard.registry import DEFENSES, build_defense, register_defense
+from guard.spec import DefenseSpec
 
 NAMES = sorted(DEFENSES)
 
@@ -51,7 +52,7 @@ def _default(name: str):
 @pytest.mark.parametrize("name", NAMES)
 def test_planted_recovery_is_found(name):
     result, cases = _default(name)
-    assert SELFTEST_BUILDERS.get(name) is not None, f"registered defense {name!r} has no self-test builder"
+    assert DEFENSES[name].selftest is not None, f"registered defense {name!r} has no self-test config"
     causal = cases[0]
     res = causal.outcome.result
     assert causal.planted.sum() >= 3, result.detail  # at most one row lost (the monitor flags one undisturbed)
@@ -83,7 +84,7 @@ def test_impossible_recovery_is_never_claimed(name):
 def test_impossible_threshold_is_reachable_at_the_readout():
     """The causal case differs from a feasible one only by the perturbed position."""
     world = tiny_world()
-    defense = SELFTEST_BUILDERS["splice"](world.saes, world.calibrations)
+    defense = build_defense(DEFENSES["splice"].selftest(FEATURES), world.saes, world_calibration(world, "splice"))
     batch = tiny_batch()
     reach = plant(world.model, defense, threat_for(defense, SITES[0], [-2]), batch, back=1)
     assert (reach.gap > selftest.MIN_GAP).all()
@@ -104,11 +105,13 @@ def test_verify_defenses_reports_each_name():
         assert r.to_dict()["status"] == r.status
 
 
-def test_unknown_name_and_bad_builder_are_user_errors():
+def test_unknown_name_and_bad_spec_are_user_errors():
     with pytest.raises(ToolkitError, match="splice"):
         verify_defense("splcie")
-    with pytest.raises(ToolkitError, match="callable"):
-        register_selftest("x", object())
+    with pytest.raises(ToolkitError, match="selftest must be callable"):
+        DefenseSpec(ShrinkConfig, Shrink, default=lambda f, s, c: ShrinkConfig(), selftest=object())
+    with pytest.raises(ToolkitError, match="already registered"):
+        register_defense(DEFENSES["splice"])
 
 
 # -- a user defense ----------------------------------------------------------------------------
@@ -119,7 +122,7 @@ class ShrinkConfig(DefenseConfig):
 
 
 class Shrink(Defense):
-    """Scales the residual at the first site: a defense with no SAE and no self-test builder."""
+    """Scales the residual at the first site: a defense with no SAE."""
 
     def __init__(self, config: ShrinkConfig, saes=None, calibration=None) -> None:
         self.config = config
@@ -132,35 +135,27 @@ class Shrink(Defense):
         return resid * self.config.factor
 
 
-@pytest.fixture
-def registries():
-    """Restore both registries afterwards, whatever a test registered."""
-    defenses, builders = dict(DEFENSES), dict(SELFTEST_BUILDERS)
-    yield
-    DEFENSES.clear()
-    DEFENSES.update(defenses)
-    SELFTEST_BUILDERS.clear()
-    SELFTEST_BUILDERS.update(builders)
+def _shrink_spec(selftest=None) -> DefenseSpec:
+    return DefenseSpec(ShrinkConfig, Shrink, default=lambda features, sites, calibration: ShrinkConfig(),
+                       selftest=selftest)
 
 
-def test_defense_without_builder_is_unverified(registries):
-    register(ShrinkConfig, Shrink)
-    result = verify_defense("test_shrink")
-    assert result.status == "unverified"
-    assert not result.passed and not result.planted_found and not result.impossible_claimed
-    assert "register_selftest" in result.detail
-    assert verify_defenses(["test_shrink"])["test_shrink"].status == "unverified"
+def test_defense_without_selftest_config_is_unverified():
+    with DEFENSES.scoped():
+        register_defense(_shrink_spec())
+        result = verify_defense("test_shrink")
+        assert result.status == "unverified"
+        assert not result.passed and not result.planted_found and not result.impossible_claimed
+        assert "no self-test config" in result.detail
+        assert verify_defenses(["test_shrink"])["test_shrink"].status == "unverified"
+    assert "test_shrink" not in DEFENSES  # the scope restored the registry
 
 
-def test_registered_builder_verifies_a_user_defense(registries):
-    register(ShrinkConfig, Shrink)
-    register_selftest("test_shrink", lambda saes, calibs: Shrink(ShrinkConfig()))
-    result = verify_defense("test_shrink", steps=5)
-    assert result.status == "verified", result.detail
-
-
-def test_registry_is_restored():
-    assert "test_shrink" not in DEFENSES and "test_shrink" not in SELFTEST_BUILDERS
+def test_selftest_config_verifies_a_user_defense():
+    with DEFENSES.scoped():
+        register_defense(_shrink_spec(selftest=lambda features: ShrinkConfig()))
+        result = verify_defense("test_shrink", steps=5)
+        assert result.status == "verified", result.detail
 
 
 # -- mutation sanity: broken attacks fail the tests --------------------------------------------

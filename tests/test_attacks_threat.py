@@ -68,7 +68,7 @@ def test_constraint_registry_round_trip():
 
 @pytest.mark.parametrize("name", sorted(ATTACKS))
 def test_attack_registry_round_trip(name):
-    cfg = ATTACKS[name][0](steps=7, step_size=0.3, restarts=1, seed=4)
+    cfg = ATTACKS[name].config(steps=7, step_size=0.3, restarts=1, seed=4)
     assert attack_config_from_dict(cfg.to_dict()) == cfg
 
 

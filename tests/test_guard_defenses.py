@@ -52,7 +52,7 @@ def _split_out(defense, resid, site=SITE):
 
 def test_residual_defense_with_identity_transform_equals_plain_clamp(saes):
     clamp = FeatureClamp(ClampConfig(features=FEATURES, mode="multiply", value=0.2), saes)
-    keep = build_defense(DEFENSES["splice"][0](features=FEATURES, mode="multiply", value=0.2, error_scale=1.0), saes)
+    keep = build_defense(DEFENSES["splice"].config(features=FEATURES, mode="multiply", value=0.2, error_scale=1.0), saes)
     resid = _resid()
     for site in SITES:
         torch.testing.assert_close(keep.edit(resid, site), clamp.edit(resid, site))
@@ -254,7 +254,6 @@ def test_bad_config_values_are_rejected(saes, calibs):
         ("direction_ablation", dict(strength=2.0)),
     ]
     for name, change in cases:
-        key = "error_norm" if name == "error_monitor" else name
-        calib = None if name in ("clamp", "closed_loop") else calibs[key]
+        calib = None if name in ("clamp", "closed_loop") else calibs[name]
         with pytest.raises(ToolkitError, match=f"'{name}'"):
             build_defense(dataclasses.replace(configs[name], **change), saes, calib)

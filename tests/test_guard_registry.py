@@ -13,8 +13,8 @@ from tests.guard_cases import identity_configs, working_configs
 
 def _all_configs():
     cases = []
-    for name, (config_cls, _) in sorted(DEFENSES.items()):
-        cases.append(pytest.param(config_cls(), id=f"{name}-default"))
+    for name, spec in sorted(DEFENSES.items()):
+        cases.append(pytest.param(spec.config(), id=f"{name}-default"))
     for label, configs in (("working", working_configs()), ("identity", identity_configs())):
         cases.extend(pytest.param(cfg, id=f"{name}-{label}") for name, cfg in configs.items())
     return cases
@@ -30,8 +30,8 @@ def test_config_round_trip(config):
 
 def test_every_registered_variant_has_test_cases():
     assert set(working_configs()) == set(DEFENSES) == set(identity_configs())
-    for name, (config_cls, _) in DEFENSES.items():
-        assert config_cls.name == name
+    for name, spec in DEFENSES.items():
+        assert spec.config.name == name == spec.name
 
 
 def test_unknown_defense_name_lists_close_names():

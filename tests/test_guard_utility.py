@@ -8,12 +8,12 @@ import math
 import pytest
 import torch
 
-from experiments.utility import _parser, builtin_text
+from experiments.utility import _parser, builtin_text, utility_report
 from guard.clamp import ClampConfig, FeatureClamp
 from guard.errors import ToolkitError
 from guard.registry import DEFENSES
 from guard.splice import ReconstructionSplice, SpliceConfig
-from guard.utility import chunk_tokens, measure_utility, random_features, utility_report
+from guard.utility import chunk_tokens, measure_utility, random_features
 from tests.guard_cases import FEATURES, SITES
 from tests.helpers import tiny_sae, tiny_tokens
 
@@ -51,8 +51,9 @@ def test_utility_report_covers_every_registered_defense(model, saes, tmp_path):
     monitor = report["error_monitor"]
     assert monitor["fpr_n"] == 3 and 0 <= monitor["fpr"] <= 1
     assert abs(monitor["delta_ce"] - report["clamp"]["delta_ce"]) < 1e-6  # the monitor forwards the clamp only
+    # one saved calibration per defense that calibrates, named after it
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
-        ["error_norm", "error_subspace", "error_ellipsoid", "closed_loop", "direction"])
+        name for name, spec in DEFENSES.items() if spec.calibrate is not None)
     json.dumps(report)
 
 

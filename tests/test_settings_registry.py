@@ -13,7 +13,7 @@ from guard.errors import ToolkitError
 
 @pytest.mark.parametrize("name", sorted(SETTINGS))
 def test_config_round_trips_through_json(name):
-    config_cls, setting_cls = SETTINGS[name]
+    config_cls, setting_cls = SETTINGS[name].config, SETTINGS[name].impl
     config = config_cls()
     again = config_from_dict(json.loads(json.dumps(config.to_dict())))
     assert again == config and type(again) is config_cls

@@ -14,7 +14,7 @@ from experiments.settings.registry import (
     SETTINGS,
     config_from_dict,
     get_setting,
-    register,
+    register_setting,
     setting_from_config,
 )
 from experiments.settings.selection import SelectionResult, latent_attribution, select_latents
@@ -24,6 +24,6 @@ __all__ = [
     "SETTINGS", "Batch", "IOIConfig", "IOISample", "IOISetting", "RecallConfig", "RecallSample",
     "RecallSetting", "Sample", "SelectionResult", "Setting", "SettingConfig", "ValidityResult",
     "batches", "behaviour_score", "collate", "config_from_dict", "evaluate_validity", "final_logits",
-    "get_setting", "ioi_prompts", "latent_attribution", "present", "recall_samples", "register",
+    "get_setting", "ioi_prompts", "latent_attribution", "present", "recall_samples", "register_setting",
     "score_samples", "select_latents", "setting_from_config", "validity",
 ]

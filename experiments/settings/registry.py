@@ -1,37 +1,26 @@
-"""One registry of settings: config class + setting class, keyed by config ``name``."""
+"""The setting registry: config class + setting class (a ``guard.named.Variant``) by config ``name``."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from experiments.settings.base import Setting, SettingConfig
 from experiments.settings.ioi import IOIConfig, IOISetting
 from experiments.settings.recall import RecallConfig, RecallSetting
-from guard.errors import ToolkitError, unknown_name
+from guard.named import Registry, Variant
+from guard.named import config_from_dict as _config_from_dict
 
-SETTINGS: dict[str, tuple[type[SettingConfig], type[Setting]]] = {}
-
-
-def register(config_cls: type[SettingConfig], setting_cls: type[Setting]) -> None:
-    SETTINGS[config_cls.name] = (config_cls, setting_cls)
+SETTINGS: Registry[Variant] = Registry("setting")
 
 
-def _lookup(name: str) -> tuple[type[SettingConfig], type[Setting]]:
-    if name not in SETTINGS:
-        raise unknown_name("setting", name, SETTINGS.keys())
-    return SETTINGS[name]
+def register_setting(config_cls: type[SettingConfig], setting_cls: type[Setting], *, replace: bool = False) -> None:
+    SETTINGS.add(config_cls.name, Variant(config_cls, setting_cls), replace=replace)
 
 
-def config_from_dict(data: dict[str, Any]) -> SettingConfig:
+def config_from_dict(data: Mapping[str, Any]) -> SettingConfig:
     """Inverse of ``SettingConfig.to_dict`` (lists come back as tuples)."""
-    data = dict(data)
-    if "name" not in data:
-        raise ToolkitError(f"setting config {data}: missing 'name'")
-    config_cls, _ = _lookup(data.pop("name"))
-    try:
-        return config_cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})
-    except TypeError as err:
-        raise ToolkitError(f"setting {config_cls.name!r}: bad config fields ({err})") from None
+    return _config_from_dict(SETTINGS, data)
 
 
 def get_setting(name: str, **overrides: Any) -> Setting:
@@ -40,9 +29,8 @@ def get_setting(name: str, **overrides: Any) -> Setting:
 
 
 def setting_from_config(config: SettingConfig) -> Setting:
-    _, setting_cls = _lookup(config.name)
-    return setting_cls(config)
+    return SETTINGS[config.name].impl(config)
 
 
-register(IOIConfig, IOISetting)
-register(RecallConfig, RecallSetting)
+register_setting(IOIConfig, IOISetting)
+register_setting(RecallConfig, RecallSetting)
