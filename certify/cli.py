@@ -16,8 +16,27 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from certify.checks import evaluate_checks, sorted_flags
 from certify.config import SuiteConfig, load_config_file, resolve_config
+from certify.files import OutLock, move_aside, remove_stale_temps, write_json_atomic, write_text_atomic
+from certify.plots import plot_bypass_vs_budget, plot_utility_vs_bypass
+from certify.provenance import (
+    build_provenance,
+    config_sha256,
+    describe_device,
+    json_data,
+    now_iso,
+    require_same,
+)
+from certify.records import RecordStore
+from certify.report import write_report
+from certify.runner import run_suite, unit_key
+from certify.schema import SCHEMA_VERSION, SUMMARY_CSV, SUMMARY_JSON, read_run_file, write_summary_file
+from certify.stats import confidence_label
+from certify.suites import get_suite, suites
+from certify.summary import markdown_table, summarize
 from guard.errors import ToolkitError
+from guard.validate import one_line, writable_dir
 
 RUN_FILE = "run.json"
 RECORDS_FILE = "records.jsonl"
@@ -52,15 +71,6 @@ def write_outputs(out: Path, records: list[dict[str, Any]], *, utility: Mapping[
     flags.json lists every check with its status (``required_checks`` that cannot be evaluated
     are errors); ``verified`` maps a defense to its attack-unit-test status (certify.selftest).
     """
-    from certify.checks import evaluate_checks, sorted_flags
-    from certify.files import write_json_atomic, write_text_atomic
-    from certify.plots import plot_bypass_vs_budget, plot_utility_vs_bypass
-    from certify.provenance import build_provenance
-    from certify.report import write_report
-    from certify.schema import write_summary_file
-    from certify.stats import confidence_label
-    from certify.summary import markdown_table, summarize
-
     if not records:
         raise ToolkitError(f"{out}: the run has no records; the outputs there were left as they are")
     rows = summarize(records, utility, reference, alpha,
@@ -95,20 +105,6 @@ def run(config: SuiteConfig, fresh: bool = False) -> dict[str, Any]:
     after planning, before any unit runs. Anything else is refused, naming what differs.
     ``fresh``: move the earlier run's files into ``OUT/previous-<UTC time>/`` and start over.
     """
-    from certify.files import OutLock, move_aside, remove_stale_temps, write_json_atomic
-    from certify.provenance import (
-        build_provenance,
-        config_sha256,
-        describe_device,
-        json_data,
-        now_iso,
-        require_same,
-    )
-    from certify.records import RecordStore
-    from certify.runner import run_suite, unit_key
-    from certify.schema import SCHEMA_VERSION, SUMMARY_CSV, SUMMARY_JSON, read_run_file
-    from certify.suites import get_suite
-
     suite = get_suite(config.suite)
     out = Path(config.out)
     records_path = out / RECORDS_FILE
@@ -190,11 +186,6 @@ def rerender(out: Path, show_completions: bool = False) -> dict[str, Any]:
     Holds OUT's lock, reads the records without changing them, and refuses (outputs left as
     they are) when records.jsonl is missing or holds fewer complete units than run.json lists.
     """
-    from certify.files import OutLock, remove_stale_temps
-    from certify.provenance import build_provenance
-    from certify.records import RecordStore
-    from certify.schema import read_run_file
-
     out = Path(out)
     run_file = out / RUN_FILE
     if not run_file.is_file():
@@ -291,13 +282,9 @@ def config_from_args(args: argparse.Namespace) -> SuiteConfig:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from guard.validate import one_line, writable_dir
-
     args = build_parser().parse_args(argv)
     try:
         if args.command == "list":
-            from certify.suites import suites
-
             known = suites()
             for suite in known.values():
                 print(f"{suite.name}: {suite.description}")

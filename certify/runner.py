@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from certify.records import TIMING_FIELD, RecordStore
+from certify.redact import redact_record
 from guard.errors import ToolkitError
 
 
@@ -98,8 +99,6 @@ def run_suite(
             seconds = time.perf_counter() - t0
             stamped = [{**r, TIMING_FIELD: {**r.get(TIMING_FIELD, {}), "unit_seconds": seconds}} for r in records]
             if redact:
-                from certify.redact import redact_record
-
                 stamped = [redact_record(r) for r in stamped]
             store.write_unit(key, stamped)
             written += len(stamped)

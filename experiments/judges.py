@@ -40,6 +40,8 @@ from typing import Any
 
 import torch
 
+from attacks.generate import fast_weight_layout
+from experiments.data.refusal import PYRIT_INSTALL, package_file
 from guard.errors import ToolkitError
 
 LABELS = ("refusal", "off_topic", "hedge", "degenerate", "comply")
@@ -345,7 +347,6 @@ def opening_logprobs(model, prompts, openings: Sequence[Sequence[int]], batch_si
     """
     from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
 
-    from attacks.generate import fast_weight_layout
 
     token_lists = _token_ids(model, prompts)
     if any(len(o) == 0 for o in openings):
@@ -434,8 +435,6 @@ def load_labelled_responses() -> list[dict[str, Any]]:
 
     The labels count a non-sequitur (a response unrelated to the objective) as a refusal.
     """
-    from experiments.data.refusal import PYRIT_INSTALL, package_file
-
     rows = []
     for name in REFUSAL_CSVS:
         path = package_file("pyrit", f"{SCORER_DIR}/{name}", PYRIT_INSTALL)

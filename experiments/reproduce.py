@@ -47,14 +47,21 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
+# the environment above must be set before torch and the hub libraries load
+from experiments.data.refusal import HARMFUL_SETS  # noqa: E402
+from experiments.refusal.cli import run_from_args  # noqa: E402
 from experiments.reproduce_core import (  # noqa: E402
     ReproduceConfig,
     headline,
-    replace_block,
     reproduce,
     results_table,
+    update_readme,
     with_overrides,
 )
+from experiments.saes.shipped import shipped_sites  # noqa: E402
+from experiments.settings.user_file import check_context  # noqa: E402
+from experiments.subject import load_subject  # noqa: E402
+from experiments.suites import benign_tokens  # noqa: E402
 from guard import validate  # noqa: E402
 from guard.errors import ToolkitError, unknown_name  # noqa: E402
 
@@ -79,13 +86,6 @@ def default_config(setting: str, quick: bool = False) -> ReproduceConfig:
         raise SystemExit(f"unknown setting {setting!r}; choose one of {sorted(DEFAULTS)}")
     config = DEFAULTS[setting]
     return with_overrides(config, **QUICK) if quick else config
-
-
-def update_readme(path: str | Path, setting: str, table: str) -> None:
-    """Replace (or append) the results block of ``setting`` in the README at ``path``."""
-    path = Path(path)
-    text = path.read_text() if path.exists() else ""
-    path.write_text(replace_block(text, setting, table))
 
 
 def write_results(out: str | Path, results: dict[str, Any]) -> Path:
@@ -118,8 +118,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def check_site(site: str) -> str:
     """``site`` must have a shipped SAE (checked without loading any)."""
-    from experiments.saes.shipped import shipped_sites
-
     if site not in shipped_sites():
         raise unknown_name("SAE site", site, shipped_sites(), "--site (shipped SAEs)")
     return site
@@ -127,8 +125,6 @@ def check_site(site: str) -> str:
 
 def check_args(args: argparse.Namespace) -> argparse.Namespace:
     """Every argument checked before the subject loads: a typo fails in a second, not after minutes."""
-    from experiments.data.refusal import HARMFUL_SETS
-
     for name, minimum in (("n", 1), ("steps", 0), ("n_latents", 1), ("seed", 0)):
         if getattr(args, name) is not None:
             validate.integer(getattr(args, name), f"--{name.replace('_', '-')}", minimum=minimum)
@@ -158,16 +154,12 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     with validate.cli_errors(args.debug):
         check_args(args)
         if args.setting == "refusal":
-            from experiments.refusal.cli import run_from_args
-
             return run_from_args(args)
         config = with_overrides(default_config(args.setting, args.quick), n=args.n, steps=args.steps,
                                 budget=args.budget, site=args.site, n_latents=args.n_latents, seed=args.seed)
         check_site(config.site)
         import torch
 
-        from experiments.settings.user_file import check_context
-        from experiments.subject import load_subject
 
         torch.manual_seed(config.seed)
         subject = load_subject(device=args.device)
@@ -175,7 +167,6 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             raise ToolkitError(f"no shipped SAE at {config.site}; available: {subject.sites}")
         if args.prompts is not None:  # lengths need the tokenizer; checked before any selection or attack
             check_context(subject.tokenizer, args.prompts, subject.model.cfg.n_ctx, "--prompts file")
-        from experiments.suites import benign_tokens
 
         results = reproduce(subject.model, subject.saes, config, prompts_file=args.prompts,
                             benign=benign_tokens(subject.model, 64)[1],

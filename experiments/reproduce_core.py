@@ -24,6 +24,7 @@ import math
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -37,7 +38,8 @@ from attacks.runner import attack_samples, single_stage
 from attacks.threat import ThreatModel
 from certify.stats import Rate
 from experiments.settings import Sample, collate, get_setting, validity
-from experiments.settings.base import Setting, behaviour_score
+from experiments.settings.base import Setting
+from experiments.settings.sample import behaviour_score
 from guard.clamp import FeatureClamp
 from guard.errors import ToolkitError
 from guard.utility import measure_utility
@@ -318,6 +320,13 @@ def replace_block(text: str, setting: str, block: str) -> str:
     if (i >= 0) != (j >= 0) or (i >= 0 and j < i):
         raise ToolkitError(f"README: the results markers for {setting!r} are incomplete or out of order")
     return text.rstrip("\n") + "\n\n" + body + "\n"
+
+
+def update_readme(path: str | Path, setting: str, table: str) -> None:
+    """Replace (or append) the results block of ``setting`` in the README at ``path``."""
+    path = Path(path)
+    text = path.read_text() if path.exists() else ""
+    path.write_text(replace_block(text, setting, table))
 
 
 def with_overrides(config: ReproduceConfig, **changes: Any) -> ReproduceConfig:

@@ -55,11 +55,14 @@ from certify.selftest import verify_defenses
 from certify.suites import SuitePlan
 from experiments.reproduce_core import SettingObjective
 from experiments.settings import SETTINGS, Sample, get_setting, validity
+from experiments.subject import load_subject
+from experiments.subject.chat import chat_prompt
 from experiments.utility import builtin_text
 from guard.base import Defense
 from guard.errors import ToolkitError
 from guard.registry import DEFENSES, build_defaults
 from guard.spec import CalibrationData
+from guard.texts import CONTRAST_REQUESTS
 from guard.utility import chunk_tokens, measure_utility_many
 
 REFERENCE = "clamp"
@@ -107,9 +110,6 @@ def benign_tokens(model, seq_len: int) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def contrast_prompts(model) -> list[torch.Tensor]:
-    from experiments.subject.chat import chat_prompt
-    from guard.texts import CONTRAST_REQUESTS
-
     return [model.to_tokens(chat_prompt(r), prepend_bos=False)[0] for r in CONTRAST_REQUESTS]
 
 
@@ -272,8 +272,6 @@ def build_plan(config: SuiteConfig, model, saes: Mapping[str, object],
 
 @functools.lru_cache(maxsize=1)
 def _subject(device: str):
-    from experiments.subject import load_subject
-
     return load_subject(device=device)
 
 

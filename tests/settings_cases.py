@@ -6,7 +6,7 @@ import re
 
 import torch
 
-from experiments.settings.base import Sample
+from experiments.settings.sample import Sample
 from tests.helpers import D_VOCAB
 
 

@@ -93,3 +93,22 @@ def test_no_import_cycles_inside_a_package():
              for m, p in modules.items()}
     assert _cycles(graph) == []
     assert _cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a -> b -> c -> a"]  # the detector fires
+
+
+def _deferred(source: str, where: str) -> list[str]:
+    """Imports of project modules inside a function (they hide the dependency graph and its cycles)."""
+    hits = []
+    for fn in ast.walk(ast.parse(source)):
+        if isinstance(fn, ast.FunctionDef | ast.AsyncFunctionDef):
+            hits += [f"{where}:{node.lineno}: {name}" for node in ast.walk(fn)
+                     if isinstance(node, ast.Import | ast.ImportFrom)
+                     for name in _named(node) if name.split(".")[0] in RANK]
+    return hits
+
+
+def test_no_project_import_inside_a_function():
+    found = [hit for path in _modules().values()
+             for hit in _deferred(path.read_text(encoding="utf-8"), str(path.relative_to(ROOT)))]
+    assert found == []
+    assert _deferred("import torch\ndef f():\n    import cvxpy\n    from guard.base import Defense\n", "x.py") == [
+        "x.py:4: guard.base"]

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from experiments.settings.base import Sample, behaviour_score, present
 from experiments.settings.batch import batches, collate, final_logits
+from experiments.settings.sample import Sample, behaviour_score, present
 from experiments.settings.validity import score_samples
 from guard.errors import ToolkitError
 from tests.helpers import tiny_model

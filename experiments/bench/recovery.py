@@ -45,6 +45,7 @@ from attacks.forward import full_forward  # noqa: E402
 from attacks.objectives import LogitDifference  # noqa: E402
 from attacks.reference import reference_attack  # noqa: E402
 from attacks.threat import ThreatModel  # noqa: E402
+from experiments.subject import load_subject
 from guard.base import NoDefense  # noqa: E402
 from guard.clamp import ClampConfig, FeatureClamp  # noqa: E402
 
@@ -151,7 +152,6 @@ def main(argv=None) -> dict:
     args = parse_args(argv)
     n = args.n or (8 if args.quick else 24)
     steps = args.steps or (25 if args.quick else 100)
-    from experiments.subject import load_subject
 
     t0 = time.perf_counter()
     subject = load_subject(with_saes=args.sae == "shipped")

@@ -24,6 +24,12 @@ import time  # noqa: E402
 from dataclasses import replace  # noqa: E402
 
 from attacks.suffix import SoftSuffixAttack, SoftSuffixConfig, SuffixExample, target_logprob  # noqa: E402
+from experiments.refusal.cli import DEFAULT, load_requests
+from experiments.refusal.discovery import discover_refusal_clamp
+from experiments.refusal.pipeline import split
+from experiments.refusal.recovery import generate_and_judge
+from experiments.subject import load_subject
+from experiments.subject.chat import END, chat_prompt
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -36,12 +42,6 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
-    from experiments.refusal.cli import DEFAULT, load_requests
-    from experiments.refusal.discovery import discover_refusal_clamp
-    from experiments.refusal.pipeline import split
-    from experiments.refusal.recovery import generate_and_judge
-    from experiments.subject import load_subject
-    from experiments.subject.chat import END, chat_prompt
 
     subject = load_subject()
     model, tok = subject.model, subject.tokenizer

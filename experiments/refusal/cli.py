@@ -16,6 +16,8 @@ import json
 import sys
 from typing import Any
 
+from experiments.data.harmless import load_harmless
+from experiments.data.refusal import HARMFUL_SETS, load_prompt_set
 from experiments.refusal.discovery import DiscoveryConfig
 from experiments.refusal.pipeline import (
     RefusalConfig,
@@ -26,6 +28,10 @@ from experiments.refusal.pipeline import (
     write_results,
 )
 from experiments.refusal.recovery import RecoveryConfig
+from experiments.reproduce_core import update_readme
+from experiments.saes.shipped import shipped_sites
+from experiments.settings.user_file import check_context
+from experiments.subject import load_subject
 from experiments.subject.chat import chat_prompt
 from guard.errors import ToolkitError, unknown_name
 
@@ -43,8 +49,6 @@ def default_config(quick: bool = False) -> RefusalConfig:
 
 
 def load_requests(prompts_file: str | None) -> list[str]:
-    from experiments.data.refusal import load_prompt_set
-
     if prompts_file is not None:
         return list(load_prompt_set(prompts_file).prompts)
     seen: dict[str, None] = {}
@@ -57,9 +61,6 @@ def load_requests(prompts_file: str | None) -> list[str]:
 def check_inputs(config: RefusalConfig, prompts_file: str | None) -> tuple[list[str], list[str]]:
     """(harmful requests, harmless instructions), read and checked without the model: sites have
     shipped SAEs, there are more distinct requests than the ``n_select`` kept for discovery."""
-    from experiments.data.harmless import load_harmless
-    from experiments.saes.shipped import shipped_sites
-
     for site in (*config.discovery.sites, config.recovery.site):
         if site not in shipped_sites():
             raise unknown_name("SAE site", site, shipped_sites(), "refusal (shipped SAEs)")
@@ -72,9 +73,6 @@ def check_inputs(config: RefusalConfig, prompts_file: str | None) -> tuple[list[
 
 def check_lengths(model, config: RefusalConfig, prompts_file: str | None) -> None:
     """Each user request in its chat template, plus the tokens generated after it, fits the context."""
-    from experiments.data.refusal import HARMFUL_SETS
-    from experiments.settings.user_file import check_context
-
     if prompts_file is None or prompts_file in HARMFUL_SETS:
         return  # the shipped sets are short
     rc = config.recovery
@@ -87,8 +85,6 @@ def run_from_args(args) -> dict[str, Any]:
     """Run with the parsed ``experiments.reproduce`` arguments; prints the headline JSON last."""
     import torch
 
-    from experiments.reproduce import update_readme
-    from experiments.subject import load_subject
 
     config = default_config(args.quick)
     config = with_overrides(config, n=args.n, seed=args.seed, steps=args.steps, budget=args.budget,

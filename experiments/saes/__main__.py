@@ -12,9 +12,12 @@ import json
 import time
 from pathlib import Path
 
-from experiments.saes.collect import CONTEXT, collect, token_windows
+from experiments.saes.collect import CONTEXT, collect, open_activations, token_windows
 from experiments.saes.corpus import build_documents, composition, corpus_dir, write_heldout_text
+from experiments.saes.evaluate import evaluate_saes
 from experiments.saes.shipped import SHIPPED_DIR, SITES, load_shipped_saes, shipped_sites, site_folder
+from experiments.saes.train import TrainConfig, config_dict, save_shipped, train_sae
+from experiments.subject.smollm2 import MODEL_NAME, load_model
 from guard import validate
 from guard.errors import ToolkitError
 
@@ -36,8 +39,6 @@ def _windows(texts, tokenizer, max_tokens: int) -> list[list[int]]:
 
 
 def cmd_evaluate(args) -> list[dict]:
-    from experiments.subject.smollm2 import load_model
-
     texts = _heldout_texts(args.text_file)  # before the model: a bad file fails in a second
     if not shipped_sites(args.sae_dir):
         raise ToolkitError(f"no shipped SAEs found under {args.sae_dir or SHIPPED_DIR}; "
@@ -47,7 +48,6 @@ def cmd_evaluate(args) -> list[dict]:
     windows = _windows(texts, model.tokenizer, args.max_tokens)
     if not windows:
         raise ToolkitError(f"--text-file {args.text_file}: fewer tokens than one window of {CONTEXT}")
-    from experiments.saes.evaluate import evaluate_saes
 
     start = time.perf_counter()
     results = evaluate_saes(model, saes, windows)
@@ -64,10 +64,6 @@ def cmd_evaluate(args) -> list[dict]:
 def cmd_build(args) -> None:
     import numpy as np
 
-    from experiments.saes.collect import open_activations
-    from experiments.saes.evaluate import evaluate_saes
-    from experiments.saes.train import TrainConfig, config_dict, save_shipped, train_sae
-    from experiments.subject.smollm2 import MODEL_NAME, load_model
 
     model = load_model(args.device)
     docs = build_documents(seed=args.seed)

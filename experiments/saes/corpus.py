@@ -21,6 +21,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from experiments.data.refusal import load_advbench, load_harmbench
 from experiments.subject.chat import DEFAULT_SYSTEM, chat_prompt, chat_transcript
 from experiments.subject.smollm2 import cache_dir
 
@@ -125,8 +126,6 @@ def _chunks(items: list[str], max_chars: int, sep: str = "\n\n") -> Iterator[str
 
 
 def _harmful_requests() -> list[str]:
-    from experiments.data.refusal import load_advbench, load_harmbench
-
     return [*load_advbench().prompts, *load_harmbench().prompts]
 
 

@@ -6,7 +6,7 @@ shared score (a margin at the final position) and validity.py for the valid-samp
 
 from __future__ import annotations
 
-from experiments.settings.base import Sample, Setting, SettingConfig, behaviour_score, present
+from experiments.settings.base import Setting, SettingConfig
 from experiments.settings.batch import Batch, batches, collate, final_logits
 from experiments.settings.ioi import IOIConfig, IOISample, IOISetting, ioi_prompts
 from experiments.settings.recall import RecallConfig, RecallSample, RecallSetting, recall_samples
@@ -17,6 +17,7 @@ from experiments.settings.registry import (
     register_setting,
     setting_from_config,
 )
+from experiments.settings.sample import Sample, behaviour_score, present
 from experiments.settings.selection import SelectionResult, latent_attribution, select_latents
 from experiments.settings.validity import ValidityResult, evaluate_validity, score_samples, validity
 

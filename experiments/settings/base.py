@@ -1,93 +1,23 @@
-"""What a setting is: prompts with a next-token behaviour, a score for it, and a plain clamp.
+"""What a setting is: prompts with a next-token behaviour, its score (``sample.py``) and a plain clamp.
 
-Every setting in this package scores its behaviour the same way, as a margin at the final
-prompt position:
-
-    score = logit[target] - max(logit[rival] for rival in rivals)
-
-where the rivals are the sample's ``foils`` when it lists some (IOI: the subject name, so
-the score is the usual logit difference logit[IO] - logit[S]; multiple choice: the other
-choice letters), and every other vocabulary token when it lists none (free recall: the
-answer's first token must be the model's top-1 next token). The behaviour is present when
-the score is > 0. A sample is *valid* (docs/METHOD.md) when the behaviour is present undefended
-and absent defended.
+A sample is *valid* (docs/METHOD.md) when the behaviour is present undefended and absent
+defended.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
 
+from experiments.settings.sample import POSITIONS, Sample, behaviour_score, present
+from experiments.settings.selection import select_latents
 from guard.clamp import ClampConfig, FeatureClamp
-from guard.errors import ToolkitError
-
-POSITIONS = ("all", "not_first", "last")
-
-
-@dataclass(frozen=True, kw_only=True)
-class Sample:
-    """One prompt and the next-token behaviour measured on it.
-
-    Arguments: ``id`` stable across runs (derived from the content, or the user's own id);
-    ``prompt`` the text; ``tokens`` its token ids with no BOS (the subject's tokenizer adds
-    none); ``target`` the token the behaviour predicts; ``foils`` the tokens it must beat
-    (empty: every other token in the vocabulary); ``meta`` free-form provenance.
-    """
-
-    id: str
-    prompt: str
-    tokens: tuple[int, ...]
-    target: int
-    foils: tuple[int, ...] = ()
-    meta: Mapping[str, Any] = field(default_factory=dict, compare=False, hash=False)
-
-    def __post_init__(self) -> None:
-        if not self.tokens:
-            raise ToolkitError(f"sample {self.id!r}: the prompt {self.prompt!r} has no tokens")
-        if self.target in self.foils:
-            raise ToolkitError(f"sample {self.id!r}: target token {self.target} is also a foil")
-
-    def to_dict(self) -> dict[str, Any]:
-        out = asdict(self)
-        out["tokens"] = list(self.tokens)
-        out["foils"] = list(self.foils)
-        out["meta"] = dict(self.meta)
-        return out
-
-
-def behaviour_score(logits_last: torch.Tensor, batch) -> torch.Tensor:
-    """The margin of the target over its rivals: logits_last [batch, vocab] -> [batch].
-
-    ``batch`` is a :class:`experiments.settings.batch.Batch` (``target`` [batch],
-    ``foils`` [batch, n_foils] padded with -1). Differentiable (a max, so a subgradient).
-    """
-    target = batch.target.to(logits_last.device)
-    foils = batch.foils.to(logits_last.device)
-    if logits_last.ndim != 2 or logits_last.shape[0] != target.shape[0]:
-        raise ToolkitError(
-            f"behaviour_score: logits_last must be [batch, vocab] with batch {target.shape[0]}, "
-            f"got {tuple(logits_last.shape)}"
-        )
-    neg_inf = torch.finfo(logits_last.dtype).min
-    target_logit = logits_last.gather(-1, target[:, None]).squeeze(-1)
-    # Rival = best listed foil, or best other token when the sample lists no foils.
-    others = logits_last.scatter(-1, target[:, None], neg_inf).max(-1).values
-    if foils.shape[1]:
-        listed = logits_last.gather(-1, foils.clamp(min=0)).masked_fill(foils < 0, neg_inf).max(-1).values
-        rival = torch.where((foils >= 0).any(-1), listed, others)
-    else:
-        rival = others
-    return target_logit - rival
-
-
-def present(score: torch.Tensor) -> torch.Tensor:
-    """Whether the behaviour is shown: score > 0 (bool, same shape)."""
-    return score > 0
+from guard.errors import ToolkitError, unknown_name
 
 
 @dataclass(frozen=True)
@@ -179,8 +109,6 @@ class Setting(ABC):
 
     def select(self, model, sae, samples: Sequence[Sample], *, batch_size: int = 16, control=None):
         """Latents supporting the behaviour at ``config.site``: a ``SelectionResult``."""
-        from experiments.settings.selection import select_latents
-
         if control is None:
             control = self.control_samples(model.tokenizer, None, 0) if model.tokenizer is not None else []
         return select_latents(
@@ -200,8 +128,6 @@ class Setting(ABC):
         """The plain clamp defense for ``samples`` (selected on them; SAE from ``saes[site]``)."""
         site = self.config.site
         if site not in saes:
-            from guard.errors import unknown_name
-
             raise unknown_name("SAE site", site, saes.keys(), f"setting {self.name!r}")
         config = self.clamp_config(model, saes[site], samples, batch_size=batch_size, control=control)
         return FeatureClamp(config, saes)

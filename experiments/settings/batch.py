@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 from transformer_lens.utilities.activation_functions import apply_softcap
 
-from experiments.settings.base import Sample
+from experiments.settings.sample import Sample
 from guard.errors import ToolkitError
 
 

@@ -23,7 +23,8 @@ from pathlib import Path
 
 from experiments.data import ioi as data
 from experiments.settings import user_file
-from experiments.settings.base import Sample, Setting, SettingConfig
+from experiments.settings.base import Setting, SettingConfig
+from experiments.settings.sample import Sample
 from guard.errors import ToolkitError
 
 

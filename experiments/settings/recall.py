@@ -36,7 +36,8 @@ from pathlib import Path
 
 from experiments.data import recall_facts as data
 from experiments.settings import user_file
-from experiments.settings.base import Sample, Setting, SettingConfig
+from experiments.settings.base import Setting, SettingConfig
+from experiments.settings.sample import Sample
 from guard.errors import ToolkitError
 
 LETTERS = ("A", "B", "C", "D")

@@ -15,6 +15,9 @@ import json
 import os
 from collections import defaultdict
 
+from experiments.settings import get_setting, score_samples
+from experiments.subject import load_subject
+
 
 def _group(sample) -> str:
     if hasattr(sample, "order"):
@@ -35,8 +38,6 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv)
 
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch: matters on a shared CPU
-    from experiments.settings import get_setting, score_samples
-    from experiments.subject import load_subject
 
     overrides = {"formats": tuple(args.formats)} if args.formats else {}
     setting = get_setting(args.setting, **overrides)

@@ -24,8 +24,8 @@ from typing import Any
 
 import torch
 
-from experiments.settings.base import POSITIONS, Sample, behaviour_score
 from experiments.settings.batch import Batch, batches, final_logits
+from experiments.settings.sample import POSITIONS, Sample, behaviour_score
 from guard.clamp import ClampConfig
 from guard.errors import ToolkitError, unknown_name
 from guard.sae_ops import check_activations, encode, reconstruct

@@ -12,8 +12,8 @@ from typing import Any
 
 import torch
 
-from experiments.settings.base import Sample, behaviour_score, present
 from experiments.settings.batch import Batch, batches, final_logits
+from experiments.settings.sample import Sample, behaviour_score, present
 
 ScoreFn = Callable[[torch.Tensor, Batch], torch.Tensor]
 

@@ -11,6 +11,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from experiments.saes.shipped import load_shipped_saes
+from experiments.subject.smollm2 import load_model
 from guard.errors import ToolkitError, unknown_name
 
 # Sites whose activation width is d_model: an SAE there must have d_in == d_model.
@@ -73,13 +75,9 @@ def load_subject(
     with_saes: bool = True,
 ) -> Subject:
     """The embedded default subject: SmolLM2-135M-Instruct plus the shipped SAEs."""
-    from experiments.subject.smollm2 import load_model
-
     model = load_model(device)
     saes = {}
     if with_saes:
-        from experiments.saes.shipped import load_shipped_saes
-
         saes = load_shipped_saes(sae_dir, device=device)
     return Subject.from_parts(model, saes)
 

@@ -10,6 +10,9 @@ import time
 
 import torch
 
+from experiments.settings.ioi import ioi_prompts
+from experiments.subject.smollm2 import load_hf_model, load_model
+
 PROMPTS = (
     "The capital of France is",
     "When Mary and John went to the store, John gave a drink to",
@@ -31,8 +34,6 @@ def max_logprob_diff(model, hf_model, prompts=PROMPTS) -> float:
 
 @torch.inference_mode()
 def ioi_accuracy(model, n: int = 20, seed: int = 0) -> tuple[int, float]:
-    from experiments.settings.ioi import ioi_prompts
-
     samples = ioi_prompts(model.tokenizer, n, seed)
     correct, diffs = 0, []
     for sample in samples:
@@ -44,8 +45,6 @@ def ioi_accuracy(model, n: int = 20, seed: int = 0) -> tuple[int, float]:
 
 
 def run_check() -> dict:
-    from experiments.subject.smollm2 import load_hf_model, load_model
-
     start = time.perf_counter()
     model = load_model()
     load_seconds = time.perf_counter() - start
