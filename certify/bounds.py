@@ -220,7 +220,7 @@ def _socp(h: np.ndarray, m: np.ndarray, basis: np.ndarray, budget: float, eps: f
 @functools.lru_cache(maxsize=32)
 def _programs(q: int, m_rows: int) -> tuple[Any, Any]:
     """Primal and dual programs for one shape, with parameters: compiled once, solved many times."""
-    import cvxpy as cp
+    import cvxpy as cp  # deferred: ~4 s to import, and only the convex certificates need it
 
     h = cp.Parameter(q, name="h")
     budget = cp.Parameter(nonneg=True, name="budget")
@@ -239,7 +239,7 @@ def _programs(q: int, m_rows: int) -> tuple[Any, Any]:
 
 
 def _solve(problem: Any, solver: str | None) -> None:
-    import cvxpy as cp
+    import cvxpy as cp  # deferred: ~4 s to import, and only the convex certificates need it
 
     try:
         problem.solve(solver=solver)

@@ -8,7 +8,7 @@ declared it required (``SuitePlan.required_checks``), that is itself an error fl
 (``check_not_evaluated``): silence is never "no problem found".
 
 - ``zero_gradient``: the score's gradient with respect to the perturbation vanished (norm <= 1e-6: float rounding) at the
-  start of an attack (record ``grad_norm``, or ``grad_norms`` {site: norm}): no signal, as
+  start of an attack (record ``grad_norm``): no signal, as
   under gradient masking or a broken graph.
 - ``not_monotone_in_budget``: a sample recovered at some budget but not at a larger one
   (the threat sets are nested, so a working attack should not lose it).
@@ -67,15 +67,9 @@ def _cell(record: dict[str, Any]) -> tuple[str, str]:
 def check_zero_gradient(records: Iterable[dict[str, Any]], tol: float = 1e-6) -> list[Flag]:
     hits: dict[tuple[str, str], list[str]] = defaultdict(list)
     for r in records:
-        norms = []
-        if as_number(r.get("grad_norm")) is not None:
-            norms.append(("", as_number(r["grad_norm"])))
-        if isinstance(r.get("grad_norms"), dict):
-            norms.extend((site, as_number(v)) for site, v in r["grad_norms"].items())
-        for site, norm in norms:
-            if norm is not None and norm <= tol:
-                where = f" at {site}" if site else ""
-                hits[_cell(r)].append(f"{r.get('sample_id')} ({r.get('attack')}, budget {r.get('budget')}){where}")
+        norm = as_number(r.get("grad_norm"))
+        if norm is not None and norm <= tol:
+            hits[_cell(r)].append(f"{r.get('sample_id')} ({r.get('attack')}, budget {r.get('budget')})")
     return [
         Flag("zero_gradient", "warning",
              f"gradient of the score w.r.t. the perturbation is zero (<= {tol:g}) in {len(ex)} attack runs",
@@ -260,27 +254,34 @@ def _rows_applicable(records: Records, rows: list[SummaryRow]) -> str | None:
 
 @dataclass(frozen=True)
 class Check:
-    """A named check: ``applies(records, rows)`` gives None or why it cannot be evaluated; ``run`` its flags."""
+    """A named check: ``applies(records, rows)`` gives None or why it cannot be evaluated; ``run`` its flags.
+
+    ``reads``: the record fields it reads beyond the cell keys (defense, setting, budget,
+    sample_id, valid, recovered), so a renamed record field fails a test instead of silencing
+    the check."""
 
     name: str
+    reads: tuple[str, ...]
     applies: Callable[[Records, list[SummaryRow]], str | None]
     run: Callable[[Records, list[SummaryRow]], list[Flag]]
 
 
 CHECKS: tuple[Check, ...] = (
-    Check("zero_gradient", _needs_field("grad_norm", "no record carries a gradient norm"),
+    Check("zero_gradient", ("grad_norm", "attack"), _needs_field("grad_norm", "no record carries a gradient norm"),
           lambda rec, rows: check_zero_gradient(rec)),
-    Check("not_monotone_in_budget", _budgets_applicable, lambda rec, rows: check_monotone(rec)),
-    Check("recovered_at_zero_budget", _zero_applicable, lambda rec, rows: check_zero_budget(rec)),
-    Check("random_beats_optimiser", _random_applicable, lambda rec, rows: check_random_beats_optimiser(rec)),
-    Check("verification_disagrees", _needs_field("claim_refused", "no record says whether a claim was refused"),
+    Check("not_monotone_in_budget", (), _budgets_applicable, lambda rec, rows: check_monotone(rec)),
+    Check("recovered_at_zero_budget", (), _zero_applicable, lambda rec, rows: check_zero_budget(rec)),
+    Check("random_beats_optimiser", ("stage", "stage_scores"), _random_applicable,
+          lambda rec, rows: check_random_beats_optimiser(rec)),
+    Check("verification_disagrees", ("claim_refused",),
+          _needs_field("claim_refused", "no record says whether a claim was refused"),
           lambda rec, rows: check_verification(rec)),
-    Check("inactive_defense", _needs_field("binds", "no record compares the defense with a reference"),
+    Check("inactive_defense", ("binds",), _needs_field("binds", "no record compares the defense with a reference"),
           lambda rec, rows: check_inactive(rec)),
-    Check("exceeds_bound", _needs_field("bound", "no record carries a convex bound"),
-          lambda rec, rows: check_exceeds_bound(rec)),
-    Check("few_valid_samples", _rows_applicable, lambda rec, rows: check_few_valid(rows)),
-    Check("no_valid_samples", _rows_applicable, lambda rec, rows: check_rows(rows)),
+    Check("exceeds_bound", ("bound", "bound_exact", "score_gain"),
+          _needs_field("bound", "no record carries a convex bound"), lambda rec, rows: check_exceeds_bound(rec)),
+    Check("few_valid_samples", (), _rows_applicable, lambda rec, rows: check_few_valid(rows)),
+    Check("no_valid_samples", (), _rows_applicable, lambda rec, rows: check_rows(rows)),
 )
 CHECK_NAMES = tuple(c.name for c in CHECKS)
 

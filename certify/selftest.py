@@ -16,7 +16,7 @@ attack cascade (``attacks.runner``) is run against it in two tiny worlds built i
   position, so perturbing the last token while reading out the one before can recover
   nothing; the threshold is one a delta AT the read-out position provably reaches (planted
   as above), so only the position differs. For the plain clamp also the analytic in-span
-  case of ``tests/test_attacks_engine.py``: the objective direction lies in the span of the
+  case of ``tests/attacks/test_engine.py``: the objective direction lies in the span of the
   clamped encoder columns, so no encoder-orthogonal delta changes its sign. Nothing may be
   claimed: no success, and no claim the engine's independent check had to refuse.
 
@@ -404,7 +404,7 @@ IN_SPAN = (0, 1, 2, 3)  # clamped latents; the first one's encoder column is the
 
 
 def clamp_in_span_world(seed: int = 0):
-    """The analytic impossible case for a plain clamp (as in ``tests/test_attacks_engine.py``).
+    """The analytic impossible case for a plain clamp (as in ``tests/attacks/test_engine.py``).
 
     At the last residual site with the unembedding bias zeroed, ``logit[a] - logit[b] =
     v . h / rms(h)`` with ``v = w_ln * (W_U[:, a] - W_U[:, b])``; a clamp there keeps the error,

@@ -33,9 +33,10 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
-from guard.calibration import Calibration, check_covers, resolve
+from guard.calibration import Calibration
 from guard.errors import ToolkitError
 from guard.residual import ResidualConfig, ResidualDefense, benign_errors
 from guard.spec import CalibrationData, DefenseSpec
@@ -58,8 +59,7 @@ class EllipsoidCalibration(Calibration):
 
 def _fit_mvee(points: torch.Tensor, solver: str | None) -> tuple[torch.Tensor, torch.Tensor]:
     """Minimum-volume ellipsoid {w: ||A w + b|| <= 1} covering ``points`` [n, r] (float64)."""
-    import cvxpy as cp
-    import numpy as np
+    import cvxpy as cp  # deferred: ~4 s to import, and only this fit needs it
 
     pts = points.numpy()
     r = pts.shape[1]
@@ -125,8 +125,7 @@ class EllipsoidGuard(ResidualDefense):
         super().__init__(config, saes)
         if config.scale <= 0:
             raise ToolkitError(f"defense {config.name!r}: scale must be > 0, got {config.scale}")
-        self.calibration = resolve(calibration, config.calibration, EllipsoidCalibration, config.name)
-        check_covers(self.calibration, self.sites, self.widths(), defense=config.name)
+        self.calibration = self.calibrated(calibration, EllipsoidCalibration)
 
     def ellipsoid_norm(self, error: torch.Tensor, site: str) -> torch.Tensor:
         """``||A (y - c)||`` [batch, pos]: <= 1 inside the fitted ellipsoid."""

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 
 import torch
 
-from guard.calibration import Calibration, check_covers, resolve
+from guard.calibration import Calibration
 from guard.errors import ToolkitError
 from guard.residual import ResidualConfig, ResidualDefense, benign_errors
 from guard.spec import CalibrationData, DefenseSpec
@@ -73,8 +73,7 @@ class ErrorNormBound(ResidualDefense):
                  calibration: ErrorNormCalibration | None = None) -> None:
         super().__init__(config, saes)
         check_quantile(config.quantile, config.name)
-        self.calibration = resolve(calibration, config.calibration, ErrorNormCalibration, config.name)
-        check_covers(self.calibration, self.sites, self.widths(), defense=config.name)
+        self.calibration = self.calibrated(calibration, ErrorNormCalibration)
         # a zero bound (a perfect SAE on benign text) would divide 0 by 0
         self.thresholds = {site: max(config.threshold_scale * self.calibration.threshold(site, config.quantile),
                                      1e-12) for site in self.sites}

@@ -33,7 +33,6 @@ from typing import Any, Literal
 
 import torch
 
-from guard.calibration import check_covers, resolve
 from guard.error_norm import SPEC as ERROR_NORM_SPEC
 from guard.error_norm import ErrorNormCalibration, check_quantile
 from guard.errors import ToolkitError
@@ -69,8 +68,7 @@ class ErrorMonitor(ResidualDefense):
         check_quantile(config.quantile, config.name)
         if config.action not in ("flag", "refuse"):
             raise ToolkitError(f"defense {config.name!r}: action must be 'flag' or 'refuse', got {config.action!r}")
-        self.calibration = resolve(calibration, config.calibration, ErrorNormCalibration, config.name)
-        check_covers(self.calibration, self.sites, self.widths(), defense=config.name)
+        self.calibration = self.calibrated(calibration, ErrorNormCalibration)
         self.thresholds = {site: config.threshold_scale * self.calibration.threshold(site, config.quantile)
                            for site in self.sites}
         self.last_scores: dict[str, torch.Tensor] = {}

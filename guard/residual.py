@@ -24,14 +24,17 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import TypeVar
 
 import torch
 
 from guard.base import DefendedLatents, Defense
-from guard.calibration import check_site_data
+from guard.calibration import Calibration, check_covers, check_site_data, resolve
 from guard.clamp import ClampConfig, bind_features, clamp_delta
 from guard.errors import ToolkitError, unknown_name
 from guard.sae_ops import check_activations, sink_mask, split
+
+C = TypeVar("C", bound=Calibration)
 
 
 @dataclass(frozen=True)
@@ -61,6 +64,12 @@ class ResidualDefense(Defense):
 
     def widths(self) -> dict[str, int]:
         return {site: int(sae.cfg.d_in) for site, sae in self.saes.items()}
+
+    def calibrated(self, calibration: Calibration | None, kind: type[C]) -> C:
+        """``calibration``, else the one in ``config.calibration``: of ``kind``, covering every site here."""
+        calib = resolve(calibration, self.config.calibration, kind, self.name)
+        check_covers(calib, self.sites, self.widths(), defense=self.name)
+        return calib
 
     def transform_error(self, error: torch.Tensor, site: str, keep: torch.Tensor) -> torch.Tensor:
         """The new error [batch, pos, d_model]; ``keep`` [batch, pos] marks non-sink tokens."""

@@ -33,7 +33,7 @@ from dataclasses import dataclass
 
 import torch
 
-from guard.calibration import Calibration, check_covers, resolve
+from guard.calibration import Calibration
 from guard.errors import ToolkitError
 from guard.residual import ResidualConfig, ResidualDefense, benign_errors
 from guard.spec import CalibrationData, DefenseSpec
@@ -119,8 +119,7 @@ class ErrorSubspaceProjection(ResidualDefense):
         name = config.name
         if not 0.0 < config.energy <= 1.0:
             raise ToolkitError(f"defense {name!r}: energy must be in (0, 1], got {config.energy}")
-        calib = resolve(calibration, config.calibration, ErrorSubspaceCalibration, name)
-        check_covers(calib, self.sites, self.widths(), defense=name)
+        calib = self.calibrated(calibration, ErrorSubspaceCalibration)
         self.calibration = calib
         self.basis: dict[str, torch.Tensor] = {}
         self.behaviour: dict[str, torch.Tensor] = {}

@@ -1,6 +1,6 @@
 """Every registered defense built on tiny random SAEs with calibrations fitted on random data.
 
-Shared by the tests/test_guard_*.py files: ``calibrations(saes)`` fits each calibration once,
+Shared by the tests/guard/ files: ``calibrations(saes)`` fits each calibration once,
 ``build_all(saes, calibs)`` gives {name: defense} at working settings, ``build_identity``
 gives each defense at a setting that edits nothing.
 """

@@ -11,36 +11,20 @@ from sae_lens import (
     TopKSAE,
     TopKSAEConfig,
 )
-from transformer_lens import HookedTransformer, HookedTransformerConfig
+from transformer_lens import HookedTransformer
 
-from certify.selftest import randomise_sae
+from certify.selftest import D_MODEL, D_SAE, D_VOCAB, randomise_sae
+from certify.selftest import tiny_model as selftest_tiny_model
 
-D_MODEL = 16
-D_SAE = 32
-D_VOCAB = 50
+__all__ = ["D_MODEL", "D_SAE", "D_VOCAB", "tiny_model", "tiny_sae", "tiny_tokens"]
 
 
 def tiny_model(n_layers: int = 2, seed: int = 0, dtype: torch.dtype = torch.float32) -> HookedTransformer:
-    """A random 2-layer transformer with the same hook layout as the real subject."""
+    """The self-test's random transformer (the subject's hook layout); the test's own draws then
+    come from a stream seeded with ``seed``, so every test's inputs are reproducible."""
+    model = selftest_tiny_model(n_layers=n_layers, seed=seed, dtype=dtype)
     torch.manual_seed(seed)
-    cfg = HookedTransformerConfig(
-        n_layers=n_layers,
-        d_model=D_MODEL,
-        d_head=4,
-        n_heads=4,
-        d_mlp=32,
-        d_vocab=D_VOCAB,
-        n_ctx=32,
-        act_fn="silu",
-        normalization_type="RMS",
-        positional_embedding_type="rotary",
-        gated_mlp=True,
-        default_prepend_bos=False,
-        seed=seed,
-        dtype=dtype,
-        device="cpu",
-    )
-    return HookedTransformer(cfg).eval()
+    return model
 
 
 def tiny_sae(kind: str = "standard", d_in: int = D_MODEL, d_sae: int = D_SAE, seed: int = 0,

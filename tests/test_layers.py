@@ -5,6 +5,8 @@ and no import cycle among a package's modules at module level."""
 from __future__ import annotations
 
 import ast
+import importlib
+import pkgutil
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -112,3 +114,11 @@ def test_no_project_import_inside_a_function():
     assert found == []
     assert _deferred("import torch\ndef f():\n    import cvxpy\n    from guard.base import Defense\n", "x.py") == [
         "x.py:4: guard.base"]
+
+
+def test_no_public_name_shadows_a_submodule():
+    """``from certify import suites`` must stay the module: a package export of that name would hide it."""
+    for package in RANK:
+        exported = set(getattr(importlib.import_module(package), "__all__", ()))
+        submodules = {m.name for m in pkgutil.iter_modules([str(ROOT / package)])}
+        assert exported & submodules == set(), package

@@ -25,7 +25,7 @@ import experiments.subject.smollm2
 import experiments.utility
 from guard.errors import ToolkitError
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SITE = "blocks.6.hook_resid_post"
 
 
@@ -33,12 +33,19 @@ def _model_loaded(*args, **kwargs):
     raise AssertionError("model loaded")
 
 
+def _replace_loaders(monkeypatch, loader, names=("load_subject", "load_model", "load_hf_model")) -> None:
+    """Replace every binding of the model loaders in every loaded project module."""
+    for module_name, module in list(sys.modules.items()):
+        if module_name.split(".")[0] == "experiments":
+            for name in names:
+                if hasattr(module, name):
+                    monkeypatch.setattr(module, name, loader)
+
+
 @pytest.fixture(autouse=True)
 def no_model(monkeypatch, tmp_path):
     """No test here may load the subject; outputs default to folders under tmp_path."""
-    monkeypatch.setattr(experiments.subject, "load_subject", _model_loaded)
-    monkeypatch.setattr(experiments.utility, "load_subject", _model_loaded)
-    monkeypatch.setattr(experiments.subject.smollm2, "load_model", _model_loaded)
+    _replace_loaders(monkeypatch, _model_loaded)
     monkeypatch.setattr(sys, "argv", list(sys.argv))  # experiments.cli rewrites it
     monkeypatch.chdir(tmp_path)
 
@@ -246,7 +253,7 @@ def _no_work(*args, **kwargs):
 def test_reproduce_prompt_longer_than_context(capsys, monkeypatch, tmp_path):
     rows = [*RECALL_ROWS[:70], {"prompt": "word " * 40, "answer": "x"}]
     path = _rows(tmp_path / "long.jsonl", rows)
-    monkeypatch.setattr(experiments.subject, "load_subject", lambda **kw: _fake_subject(32))
+    _replace_loaders(monkeypatch, lambda **kw: _fake_subject(32), ("load_subject",))
     monkeypatch.setattr(experiments.reproduce, "reproduce", _no_work)
     _error_line(capsys, REPRODUCE, ["recall", "--prompts", str(path)],
                 r"long.jsonl line 71: the prompt is 40 tokens, longer than the model's context window of 32 tokens")
@@ -258,7 +265,7 @@ def test_refusal_prompt_longer_than_context(capsys, monkeypatch, tmp_path):
     rc = experiments.refusal.cli.DEFAULT.recovery
     reserve = rc.suffix_tokens + max(rc.max_new_tokens, rc.answer_tokens)
     n_ctx = reserve + 20  # the short requests fit in their chat template (18 words), the long one does not
-    monkeypatch.setattr(experiments.subject, "load_subject", lambda **kw: _fake_subject(n_ctx))
+    _replace_loaders(monkeypatch, lambda **kw: _fake_subject(n_ctx), ("load_subject",))
     monkeypatch.setattr(experiments.refusal.cli, "run_refusal", _no_work)
     _error_line(capsys, REPRODUCE, ["refusal", "--prompts", str(path)],
                 rf"long.jsonl line 61: the prompt is 46 tokens \(\+ {reserve} generated\), longer than the "
@@ -303,7 +310,7 @@ def test_utility_files_and_folders(capsys, tmp_path):
 
 
 def test_utility_seq_len_longer_than_context(capsys, monkeypatch):
-    monkeypatch.setattr(experiments.utility, "load_subject", lambda **kw: _fake_subject(128))
+    _replace_loaders(monkeypatch, lambda **kw: _fake_subject(128), ("load_subject",))
     monkeypatch.setattr(experiments.utility, "utility_report", _no_work)
     _error_line(capsys, UTILITY, ["--seq-len", "4096"],
                 r"--seq-len 4096 is longer than the model's context window of 128 tokens")

@@ -14,7 +14,7 @@ from certify.selftest import verify_defense
 from experiments.suites import build_plan, check_config
 from experiments.utility import utility_report
 from guard import CalibrationData, DefenseSpec, ResidualConfig, ResidualDefense, register_defense
-from guard.calibration import Calibration, load_calibration, resolve
+from guard.calibration import Calibration, load_calibration
 from guard.registry import DEFENSES
 from guard.residual import benign_errors
 from guard.utility import random_features
@@ -43,7 +43,7 @@ class CentreErrorConfig(ResidualConfig):
 class CentreError(ResidualDefense):
     def __init__(self, config: CentreErrorConfig, saes, calibration: MeanErrorCalibration | None = None) -> None:
         super().__init__(config, saes)
-        self.calibration = resolve(calibration, config.calibration, MeanErrorCalibration, config.name)
+        self.calibration = self.calibrated(calibration, MeanErrorCalibration)  # from the object or config's folder
 
     def transform_error(self, error: torch.Tensor, site: str, keep: torch.Tensor) -> torch.Tensor:
         mean = self.calibration.mean[site].to(error)

@@ -19,7 +19,7 @@ from certify.schema import read_summary_file
 from certify.suites import get_suite
 from guard.errors import ToolkitError
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 # small but complete: 2 settings x 3 defenses x 3 budgets = 18 units
 ARGS = ["--suite", "demo", "--n", "4", "--budgets", "0", "1", "2", "--no-progress", "--option", "steps=15"]
 

@@ -7,7 +7,7 @@ import torch
 from attacks.engine import AttackConfig, GradientRecovery
 from attacks.runner import STAGE_NAMES, Stage, attack_samples, default_stages, run_cascade, single_stage
 from attacks.threat import ThreatModel
-from tests.test_attacks_engine import LAST, linear_case
+from tests.attacks.test_engine import LAST, linear_case
 
 
 def _threat(budget: float, constraint: str = "encoder") -> ThreatModel:

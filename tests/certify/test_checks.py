@@ -3,9 +3,12 @@ not_applicable (an error when required) on records that cannot show it."""
 
 from __future__ import annotations
 
+from dataclasses import fields
+
 import pytest
 
-from certify.checks import CHECK_NAMES, evaluate_checks
+from certify.checks import CHECK_NAMES, CHECKS, evaluate_checks
+from certify.outcomes import SampleRecord
 from certify.summary import summarize
 from guard.errors import ToolkitError
 
@@ -77,3 +80,11 @@ def test_random_never_run_is_not_applicable():
     records = [{**r, "stage_scores": {"adam": 0.0}} for r in clean()]
     result = status(records)["random_beats_optimiser"]
     assert result.status == "not_applicable" and "random" in result.reason
+
+
+def test_every_field_a_check_reads_is_a_record_field():
+    bound_fields = {"bound", "bound_exact", "score_gain"}  # the demo suite's extra fields (certify/demo.py)
+    known = {f.name for f in fields(SampleRecord)} | bound_fields
+    for check in CHECKS:
+        assert set(check.reads) <= known, (check.name, set(check.reads) - known)
+    assert {f for c in CHECKS for f in c.reads} >= {"grad_norm", "claim_refused", "binds", "stage_scores"}

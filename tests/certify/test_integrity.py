@@ -42,7 +42,7 @@ from certify.schema import SCHEMA_VERSION, read_summary_file
 from certify.suites import get_suite
 from guard.errors import ToolkitError
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 # 2 settings x 3 defenses x 3 budgets = 18 units
 ARGS = ["--suite", "demo", "--n", "4", "--budgets", "0", "1", "2", "--no-progress", "--option", "steps=15"]
 OUTPUTS = ("summary.json", "summary.csv", "table.md", "flags.json", "report.html", "bypass_vs_budget.png",
