@@ -13,6 +13,7 @@ from attacks.objectives import LogitDifference
 from attacks.perturbation import Perturbation
 from attacks.threat import ThreatModel
 from guard.clamp import ClampConfig, FeatureClamp
+from tests.subject.shared import shared_subject
 
 SITE = "blocks.12.hook_resid_post"
 pytestmark = pytest.mark.subject
@@ -22,9 +23,7 @@ pytestmark = pytest.mark.subject
 def subject_parts():
     from sae_lens import JumpReLUSAE, JumpReLUSAEConfig
 
-    from experiments.subject import load_subject
-
-    model = load_subject(with_saes=False).model
+    model = shared_subject().model
     torch.manual_seed(0)
     sae = JumpReLUSAE(JumpReLUSAEConfig(d_in=576, d_sae=2304, dtype="float32")).eval()
     defense = FeatureClamp(ClampConfig(features={SITE: tuple(range(0, 2304, 36))}), {SITE: sae})

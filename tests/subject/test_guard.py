@@ -7,6 +7,8 @@ import math
 import pytest
 import torch
 
+from tests.subject.shared import shared_subject
+
 pytestmark = pytest.mark.subject
 
 SITE = "blocks.12.hook_resid_post"
@@ -14,9 +16,7 @@ SITE = "blocks.12.hook_resid_post"
 
 @pytest.fixture(scope="module")
 def subject():
-    from experiments.subject import load_subject
-
-    return load_subject(with_saes=False)
+    return shared_subject()
 
 
 def test_sinks_left_out_and_direction_ablation_on_the_subject(subject):

