@@ -17,7 +17,6 @@ Example::
 
 from __future__ import annotations
 
-import functools
 import importlib
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -113,8 +112,9 @@ def register_suite(suite: Suite, *, replace: bool = False) -> None:
     SUITES.add(suite.name, suite, replace=replace)
 
 
-@functools.cache
 def _load_entry_points() -> None:
+    """Add every installed package's suite not registered yet: read on each lookup (about 10 ms), so a
+    suite registry restored by ``SUITES.scoped()`` never loses them."""
     for entry in entry_points(group=ENTRY_POINT_GROUP):
         suite = entry.load()
         if not isinstance(suite, Suite) or suite.name != entry.name:

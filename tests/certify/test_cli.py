@@ -177,16 +177,11 @@ def test_suites_of_other_packages_come_from_entry_points(monkeypatch):
             return self._obj
 
     mine = Suite("mine", "certify.demo:build_demo", "a plugin suite")
-    monkeypatch.setattr(suites_module, "entry_points", lambda group: [Entry("mine", mine)])
-    suites_module._load_entry_points.cache_clear()
-    try:
-        with suites_module.SUITES.scoped():
-            assert suites()["mine"] is mine and "demo" in suites()
-            monkeypatch.setattr(suites_module, "entry_points", lambda group: [Entry("other", mine)])
-            suites_module._load_entry_points.cache_clear()
-            with pytest.raises(ToolkitError, match="must be a Suite named 'other'"):
-                suites()
-    finally:
+    with suites_module.SUITES.scoped():
+        monkeypatch.setattr(suites_module, "entry_points", lambda group: [Entry("mine", mine)])
+        assert suites()["mine"] is mine and "demo" in suites()
+        monkeypatch.setattr(suites_module, "entry_points", lambda group: [Entry("other", mine)])
+        with pytest.raises(ToolkitError, match="must be a Suite named 'other'"):
+            suites()
         monkeypatch.undo()
-        suites_module._load_entry_points.cache_clear()
     assert "standard" in suites() and "mine" not in suites()  # the installed package's own entry points again
