@@ -21,9 +21,13 @@ from guard.errors import ToolkitError
 _LOADED: dict[str, str] = {}  # resolved file -> module name
 
 
+def _is_path(spec: str) -> bool:
+    return spec.endswith(".py") or "/" in spec or "\\" in spec
+
+
 def _source(spec: str) -> Path:
     """The file a plugin spec names (a path ending in .py, or an importable module)."""
-    if spec.endswith(".py") or "/" in spec or "\\" in spec:
+    if _is_path(spec):
         path = Path(spec).expanduser()
         if not path.is_file():
             raise ToolkitError(f"plugin {spec!r}: no such file")
@@ -42,7 +46,7 @@ def _import(spec: str, path: Path) -> None:
     if key in _LOADED:
         return
     try:
-        if spec.endswith(".py") or "/" in spec or "\\" in spec:
+        if _is_path(spec):
             name = f"latentguard_plugin_{path.stem}_{hashlib.sha256(key.encode()).hexdigest()[:8]}"
             module_spec = importlib.util.spec_from_file_location(name, path)
             module = importlib.util.module_from_spec(module_spec)

@@ -11,9 +11,7 @@ What a user's file imports::
     class MyDefense(ResidualDefense):
         def transform_error(self, error, site, keep): ...
 
-    register_defense(DefenseSpec(MyConfig, MyDefense,
-                                 default=lambda features, sites, calibration: MyConfig(features=features),
-                                 selftest=lambda features: MyConfig(features=features)))
+    register_defense(DefenseSpec(MyConfig, MyDefense, selftest=lambda features: MyConfig(features=features)))
 
 after which every certify suite, the utility table and the attack unit tests include it.
 

@@ -123,5 +123,4 @@ class FeatureClamp(Defense):
 
 
 SPEC = DefenseSpec(ClampConfig, FeatureClamp,
-                   default=lambda features, sites, calibration: ClampConfig(features=features),
                    selftest=lambda features: ClampConfig(features=features, mode="multiply", value=0.3))

@@ -197,8 +197,6 @@ def _unusable(model, saes: Mapping[str, object], features: Mapping[str, Sequence
 
 
 SPEC = DefenseSpec(ClosedLoopConfig, ClosedLoopClamp,
-                   default=lambda features, sites, calibration: ClosedLoopConfig(features=features,
-                                                                                 calibration=calibration),
                    calibrate=_calibrate, unusable=_unusable,
                    # the source clamp at the first site only, so there is a site downstream to echo to
                    selftest=lambda features: ClosedLoopConfig(features=dict(list(features.items())[:1])))

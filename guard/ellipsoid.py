@@ -153,7 +153,5 @@ def _calibrate(data: CalibrationData) -> EllipsoidCalibration:
 
 
 SPEC = DefenseSpec(EllipsoidConfig, EllipsoidGuard,
-                   default=lambda features, sites, calibration: EllipsoidConfig(features=features,
-                                                                                calibration=calibration),
                    calibrate=_calibrate,
                    selftest=lambda features: EllipsoidConfig(features=features))

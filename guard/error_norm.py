@@ -89,7 +89,5 @@ def _calibrate(data: CalibrationData) -> ErrorNormCalibration:
 
 
 SPEC = DefenseSpec(ErrorNormConfig, ErrorNormBound,
-                   default=lambda features, sites, calibration: ErrorNormConfig(features=features,
-                                                                                calibration=calibration),
                    calibrate=_calibrate,
                    selftest=lambda features: ErrorNormConfig(features=features, quantile=0.3))

@@ -160,7 +160,5 @@ def false_positive_rate(model, monitor: ErrorMonitor, prompts: Iterable[torch.Te
 
 # the monitor reads the error-norm bound's calibration (benign quantiles of ||e||)
 SPEC = DefenseSpec(ErrorMonitorConfig, ErrorMonitor,
-                   default=lambda features, sites, calibration: ErrorMonitorConfig(features=features,
-                                                                                   calibration=calibration),
                    calibrate=ERROR_NORM_SPEC.calibrate,
                    selftest=lambda features: ErrorMonitorConfig(features=features, quantile=0.5))

@@ -62,7 +62,7 @@ def build_defaults(names: Sequence[str], saes: Mapping[str, object], features: F
             if not isinstance(data, CalibrationData):
                 raise ToolkitError(f"defense {spec.name!r} needs calibration data (guard.CalibrationData)")
             calibration = str(spec.calibrate(data).save(Path(folder) / spec.name))
-        out[spec.name] = build_defense(spec.default(features, tuple(sites), calibration), saes)
+        out[spec.name] = build_defense(spec.default_config(features, tuple(sites), calibration), saes)
     return out
 
 

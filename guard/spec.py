@@ -2,7 +2,7 @@
 
 A defense module ends with ``SPEC = DefenseSpec(...)``; ``guard.register_defense(SPEC)`` (or
 the built-in list in ``guard.registry``) is its one registration. Every pipeline reads the
-spec: the certify suites and the utility table build ``spec.default(...)``, fit
+spec: the certify suites and the utility table build ``spec.default_config(...)``, fit
 ``spec.calibrate(data)`` on the data they collected, and the attack unit tests build
 ``spec.selftest(features)`` in their tiny world. So a new defense needs its own file and
 that one line, and appears everywhere.
@@ -11,7 +11,7 @@ that one line, and appears everywhere.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 import torch
@@ -73,7 +73,8 @@ class DefenseSpec:
 
     ``default(features, sites, calibration)``: the config a suite or utility table evaluates,
     composed with the clamp ``features`` (``sites``: where to act when it has no features;
-    ``calibration``: the folder ``calibrate``'s result was saved to, "" without one).
+    ``calibration``: the folder ``calibrate``'s result was saved to, "" without one). None: the
+    config class with ``features`` (and ``calibration``, when it has that field).
     ``calibrate(data)``: the fitted ``Calibration`` (None: the defense needs none).
     ``selftest(features)``: a config that edits in the attack unit tests' tiny world (None:
     the defense stays "unverified"). ``unusable(model, saes, features)``: why the defense cannot
@@ -82,7 +83,7 @@ class DefenseSpec:
 
     config: type[DefenseConfig]
     defense: type[Defense]
-    default: Callable[[Features, tuple[str, ...], str], DefenseConfig]
+    default: Callable[[Features, tuple[str, ...], str], DefenseConfig] | None = None
     calibrate: Callable[[CalibrationData], Calibration] | None = None
     selftest: Callable[[Features], DefenseConfig] | None = None
     unusable: Callable[[Any, Mapping[str, Any], Features], str | None] | None = None
@@ -101,3 +102,10 @@ class DefenseSpec:
     @property
     def name(self) -> str:
         return self.config.name
+
+    def default_config(self, features: Features, sites: tuple[str, ...], calibration: str) -> DefenseConfig:
+        if self.default is not None:
+            return self.default(features, sites, calibration)
+        if "calibration" in {f.name for f in fields(self.config)}:
+            return self.config(features=features, calibration=calibration)
+        return self.config(features=features)

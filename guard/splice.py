@@ -49,5 +49,4 @@ class ReconstructionSplice(ResidualDefense):
 
 
 SPEC = DefenseSpec(SpliceConfig, ReconstructionSplice,
-                   default=lambda features, sites, calibration: SpliceConfig(features=features),
                    selftest=lambda features: SpliceConfig(features=features))

@@ -165,7 +165,5 @@ def _calibrate(data: CalibrationData) -> ErrorSubspaceCalibration:
 
 
 SPEC = DefenseSpec(ErrorSubspaceConfig, ErrorSubspaceProjection,
-                   default=lambda features, sites, calibration: ErrorSubspaceConfig(features=features,
-                                                                                    calibration=calibration),
                    calibrate=_calibrate,
                    selftest=lambda features: ErrorSubspaceConfig(features=features, rank=5))

@@ -28,9 +28,7 @@ class HalfError(ResidualDefense):
         return 0.5 * error
 
 
-register_defense(DefenseSpec(HalfErrorConfig, HalfError,
-                             default=lambda features, sites, calibration: HalfErrorConfig(features=features),
-                             selftest=lambda features: HalfErrorConfig(features=features)))
+register_defense(DefenseSpec(HalfErrorConfig, HalfError, selftest=lambda features: HalfErrorConfig(features=features)))
 '''
 
 SUITE_PLUGIN = '''

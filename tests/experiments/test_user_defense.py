@@ -56,10 +56,9 @@ def _calibrate(data: CalibrationData) -> MeanErrorCalibration:
     return MeanErrorCalibration(mean={site: e.mean(0).float() for site, e in errors.items()})
 
 
-SPEC = DefenseSpec(CentreErrorConfig, CentreError,
-                   default=lambda features, sites, calibration: CentreErrorConfig(features=features,
-                                                                                  calibration=calibration),
-                   calibrate=_calibrate, selftest=lambda features: CentreErrorConfig(features=features))
+# no ``default``: the config class with the clamp's features and the saved calibration's folder
+SPEC = DefenseSpec(CentreErrorConfig, CentreError, calibrate=_calibrate,
+                   selftest=lambda features: CentreErrorConfig(features=features))
 
 
 @pytest.fixture
