@@ -160,11 +160,11 @@ class AttackResult:
         }
 
 
-class _State(dict):
+class RowState(dict):
     """Per-row optimiser state; every tensor has the active rows as its first dim."""
 
-    def select(self, keep: torch.Tensor) -> _State:
-        return _State({k: (v[keep] if isinstance(v, torch.Tensor) else {s: t[keep] for s, t in v.items()})
+    def select(self, keep: torch.Tensor) -> RowState:
+        return RowState({k: (v[keep] if isinstance(v, torch.Tensor) else {s: t[keep] for s, t in v.items()})
                        for k, v in self.items()})
 
 
@@ -224,11 +224,11 @@ class RecoveryAttack:
         return {s: ctx.bound.project(s, init[s][rows].to(ctx.forward.start_resid.dtype), ctx.masks[s][rows],
                                      ctx.radius[s][rows]) for s in ctx.sites}
 
-    def init_state(self, ctx: RunContext, rows: torch.Tensor, deltas: dict[str, torch.Tensor]) -> _State:
-        return _State()
+    def init_state(self, ctx: RunContext, rows: torch.Tensor, deltas: dict[str, torch.Tensor]) -> RowState:
+        return RowState()
 
     def step(self, ctx: RunContext, rows: torch.Tensor, deltas: dict[str, torch.Tensor], out: StepOutput,
-             score: torch.Tensor, drift: torch.Tensor, state: _State) -> dict[str, torch.Tensor]:
+             score: torch.Tensor, drift: torch.Tensor, state: RowState) -> dict[str, torch.Tensor]:
         raise NotImplementedError
 
     # -- the template ------------------------------------------------------------------------
@@ -417,8 +417,8 @@ class GradientRecovery(RecoveryAttack):
     projected onto the feasible set (linear constraint, then budget).
     """
 
-    def init_state(self, ctx: RunContext, rows: torch.Tensor, deltas: dict[str, torch.Tensor]) -> _State:
-        state = _State(t=torch.zeros(len(rows), device=rows.device),
+    def init_state(self, ctx: RunContext, rows: torch.Tensor, deltas: dict[str, torch.Tensor]) -> RowState:
+        state = RowState(t=torch.zeros(len(rows), device=rows.device),
                        mu=torch.zeros(len(rows), device=rows.device))
         if self.config.optimizer == "adam":
             state["m"] = {s: torch.zeros_like(d) for s, d in deltas.items()}
@@ -468,7 +468,7 @@ class GradientRecovery(RecoveryAttack):
         return {s: ctx.bound.project(s, deltas[s].detach() + updates[s], ctx.masks[s][rows], ctx.radius[s][rows])
                 for s in sites}
 
-    def _direction(self, site: str, g: torch.Tensor, mask: torch.Tensor, state: _State) -> torch.Tensor:
+    def _direction(self, site: str, g: torch.Tensor, mask: torch.Tensor, state: RowState) -> torch.Tensor:
         """Unit-scale ascent direction per position (descent on the loss is ``-direction``)."""
         if self.config.optimizer == "sgd":
             if self.threat.norm is Norm.LINF:

@@ -44,6 +44,7 @@ class PositionKind(StrEnum):
     ANSWER = "answer"  # positions whose outputs predict the answer: [prompt_len - 1, length - 1)
     ALL = "all"  # every real token
     PROMPT = "prompt"  # prompt tokens after the first: [1, prompt_len) (position 0 is the attention sink)
+    TAIL = "tail"  # indices (k, keep): the k prompt tokens before the prompt's last ``keep`` (an inserted suffix)
 
 
 def _enum(cls: type[Enum], value: str | Enum, what: str) -> Enum:
@@ -70,11 +71,20 @@ class Positions:
             kind = _enum(PositionKind, spec, "position kind")
             if kind is PositionKind.SET:
                 raise ToolkitError("threat model: positions 'set' needs explicit indices, e.g. positions=[-1, -2]")
+            if kind is PositionKind.TAIL:
+                raise ToolkitError("threat model: positions 'tail' needs counts; use Positions.tail(k, keep)")
             return cls(kind)
         indices = tuple(int(i) for i in spec)
         if not indices:
             raise ToolkitError("threat model: empty position set")
         return cls(PositionKind.SET, indices)
+
+    @classmethod
+    def tail(cls, k: int, keep: int = 0) -> Positions:
+        """The ``k`` prompt positions that end ``keep`` tokens before the prompt does."""
+        if k < 1 or keep < 0:
+            raise ToolkitError(f"threat model: tail positions need k >= 1 and keep >= 0, got k={k}, keep={keep}")
+        return cls(PositionKind.TAIL, (int(k), int(keep)))
 
     def resolve(self, batch: AttackBatch) -> torch.Tensor:
         """bool [batch, pos]: positions perturbed in each row (never pads)."""
@@ -87,6 +97,10 @@ class Positions:
             mask = valid
         elif self.kind is PositionKind.PROMPT:
             mask = (pos >= 1) & (pos < batch.answer_start()[:, None])
+        elif self.kind is PositionKind.TAIL:
+            k, keep = self.indices
+            end = (batch.lengths if batch.prompt_lengths is None else batch.prompt_lengths)[:, None] - keep
+            mask = (pos >= end - k) & (pos < end)
         elif self.kind is PositionKind.ANSWER:
             start = batch.answer_start()[:, None] - 1
             mask = (pos >= start) & (pos < batch.lengths[:, None] - 1)

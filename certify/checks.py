@@ -37,7 +37,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from certify.summary import SummaryRow, as_number, sample_outcomes
+from certify.summary import DEFAULT_THREAT, SummaryRow, as_number, record_threat, sample_outcomes
 from guard.errors import ToolkitError
 
 _MAX_EXAMPLES = 5
@@ -55,17 +55,18 @@ class Flag:
     budget: float | None
     count: int
     examples: tuple[str, ...] = ()
+    threat: str = DEFAULT_THREAT
 
     def to_dict(self) -> dict[str, Any]:
         return {**asdict(self), "examples": list(self.examples)}
 
 
-def _cell(record: dict[str, Any]) -> tuple[str, str]:
-    return str(record.get("defense")), str(record.get("setting"))
+def _cell(record: dict[str, Any]) -> tuple[str, str, str]:
+    return str(record.get("defense")), str(record.get("setting")), record_threat(record)
 
 
 def check_zero_gradient(records: Iterable[dict[str, Any]], tol: float = 1e-6) -> list[Flag]:
-    hits: dict[tuple[str, str], list[str]] = defaultdict(list)
+    hits: dict[tuple[str, str, str], list[str]] = defaultdict(list)
     for r in records:
         norm = as_number(r.get("grad_norm"))
         if norm is not None and norm <= tol:
@@ -73,47 +74,47 @@ def check_zero_gradient(records: Iterable[dict[str, Any]], tol: float = 1e-6) ->
     return [
         Flag("zero_gradient", "warning",
              f"gradient of the score w.r.t. the perturbation is zero (<= {tol:g}) in {len(ex)} attack runs",
-             d, s, None, len(ex), tuple(ex[:_MAX_EXAMPLES]))
-        for (d, s), ex in sorted(hits.items())
+             d, s, None, len(ex), tuple(ex[:_MAX_EXAMPLES]), t)
+        for (d, s, t), ex in sorted(hits.items())
     ]
 
 
 def check_zero_budget(records: Iterable[dict[str, Any]]) -> list[Flag]:
-    zero: dict[tuple[str, str], list[str]] = defaultdict(list)
-    for (defense, setting, budget, sample_id), o in sample_outcomes(records).items():
+    zero: dict[tuple[str, str, str], list[str]] = defaultdict(list)
+    for (defense, setting, threat, budget, sample_id), o in sample_outcomes(records).items():
         if o.counted and budget == 0 and o.recovered:
-            zero[(defense, setting)].append(sample_id)
+            zero[(defense, setting, threat)].append(sample_id)
     return [
         Flag("recovered_at_zero_budget", "error",
              f"{len(ex)} valid samples count as recovered with budget 0", d, s, 0.0, len(ex),
-             tuple(sorted(ex)[:_MAX_EXAMPLES]))
-        for (d, s), ex in sorted(zero.items())
+             tuple(sorted(ex)[:_MAX_EXAMPLES]), t)
+        for (d, s, t), ex in sorted(zero.items())
     ]
 
 
 def check_monotone(records: Iterable[dict[str, Any]]) -> list[Flag]:
-    by_sample: dict[tuple[str, str, str], list[tuple[float, bool]]] = defaultdict(list)
-    for (defense, setting, budget, sample_id), o in sample_outcomes(records).items():
+    by_sample: dict[tuple[str, str, str, str], list[tuple[float, bool]]] = defaultdict(list)
+    for (defense, setting, threat, budget, sample_id), o in sample_outcomes(records).items():
         if o.counted:
-            by_sample[(defense, setting, sample_id)].append((budget, bool(o.recovered)))
-    broken: dict[tuple[str, str], list[str]] = defaultdict(list)
-    for (defense, setting, sample_id), seq in by_sample.items():
+            by_sample[(defense, setting, threat, sample_id)].append((budget, bool(o.recovered)))
+    broken: dict[tuple[str, str, str], list[str]] = defaultdict(list)
+    for (defense, setting, threat, sample_id), seq in by_sample.items():
         seq.sort()
         for i, (b_low, rec_low) in enumerate(seq):
             lost = [b for b, rec in seq[i + 1:] if rec_low and not rec]
             if lost:
-                broken[(defense, setting)].append(f"{sample_id}: recovered at {b_low:g}, not at {lost[0]:g}")
+                broken[(defense, setting, threat)].append(f"{sample_id}: recovered at {b_low:g}, not at {lost[0]:g}")
                 break
     return [
         Flag("not_monotone_in_budget", "warning",
              f"{len(ex)} samples recovered at a budget but not at a larger one", d, s, None, len(ex),
-             tuple(sorted(ex)[:_MAX_EXAMPLES]))
-        for (d, s), ex in sorted(broken.items())
+             tuple(sorted(ex)[:_MAX_EXAMPLES]), t)
+        for (d, s, t), ex in sorted(broken.items())
     ]
 
 
 def check_random_beats_optimiser(records: Iterable[dict[str, Any]], score_tol: float = 1e-6) -> list[Flag]:
-    hits: dict[tuple[str, str, float], list[str]] = defaultdict(list)
+    hits: dict[tuple[str, str, str, float], list[str]] = defaultdict(list)
     for r in records:
         scores = r.get("stage_scores") or {}
         if "random" not in scores:
@@ -131,13 +132,13 @@ def check_random_beats_optimiser(records: Iterable[dict[str, Any]], score_tol: f
     return [
         Flag("random_beats_optimiser", "warning",
              f"random search did better than the gradient stages on {len(ex)} samples", d, s, b, len(ex),
-             tuple(sorted(ex)[:_MAX_EXAMPLES]))
-        for (d, s, b), ex in sorted(hits.items())
+             tuple(sorted(ex)[:_MAX_EXAMPLES]), t)
+        for (d, s, t, b), ex in sorted(hits.items())
     ]
 
 
 def check_verification(records: Iterable[dict[str, Any]]) -> list[Flag]:
-    hits: dict[tuple[str, str, float], list[str]] = defaultdict(list)
+    hits: dict[tuple[str, str, str, float], list[str]] = defaultdict(list)
     for r in records:
         if r.get("claim_refused"):
             hits[(*_cell(r), float(r.get("budget")))].append(str(r.get("sample_id")))
@@ -145,13 +146,13 @@ def check_verification(records: Iterable[dict[str, Any]]) -> list[Flag]:
         Flag("verification_disagrees", "error",
              f"{len(ex)} recoveries claimed by the search were refused by the independent forward "
              "(the attack's cached forward and an ordinary one disagree)", d, s, b, len(ex),
-             tuple(sorted(ex)[:_MAX_EXAMPLES]))
-        for (d, s, b), ex in sorted(hits.items())
+             tuple(sorted(ex)[:_MAX_EXAMPLES]), t)
+        for (d, s, t, b), ex in sorted(hits.items())
     ]
 
 
 def check_inactive(records: Iterable[dict[str, Any]]) -> list[Flag]:
-    seen: dict[tuple[str, str], list[bool]] = defaultdict(list)
+    seen: dict[tuple[str, str, str], list[bool]] = defaultdict(list)
     for r in records:
         if r.get("binds") is not None:
             seen[_cell(r)].append(bool(r["binds"]))
@@ -159,13 +160,13 @@ def check_inactive(records: Iterable[dict[str, Any]]) -> list[Flag]:
         Flag("inactive_defense", "warning",
              f"on all {len(binds)} attacked samples the defense's output and verdict equal the reference "
              "defense's: its parameters never bind here, so its bypass rates only repeat the reference's",
-             d, s, None, len(binds))
-        for (d, s), binds in sorted(seen.items()) if not any(binds)
+             d, s, None, len(binds), (), t)
+        for (d, s, t), binds in sorted(seen.items()) if not any(binds)
     ]
 
 
 def check_exceeds_bound(records: Iterable[dict[str, Any]], atol: float = 1e-6, rtol: float = 1e-4) -> list[Flag]:
-    hits: dict[tuple[str, str, float], list[tuple[str, bool]]] = defaultdict(list)
+    hits: dict[tuple[str, str, str, float], list[tuple[str, bool]]] = defaultdict(list)
     for r in records:
         bound, gain = as_number(r.get("bound")), as_number(r.get("score_gain"))
         if bound is None or gain is None:
@@ -174,28 +175,29 @@ def check_exceeds_bound(records: Iterable[dict[str, Any]], atol: float = 1e-6, r
             hits[(*_cell(r), float(r.get("budget")))].append(
                 (f"{r.get('sample_id')} ({r.get('attack')}): gain {gain:.6g} > bound {bound:.6g}", bool(r.get("bound_exact"))))
     flags = []
-    for (d, s, b), ex in sorted(hits.items()):
+    for (d, s, t, b), ex in sorted(hits.items()):
         exact = any(e for _, e in ex)
         note = ("the bound is exact here: a bug in the attack, the bound or the threat set" if exact
                 else "the first-order bound is loose here (score not linear in the perturbation)")
         flags.append(Flag("exceeds_bound", "error" if exact else "warning",
                           f"{len(ex)} attack results exceed the convex bound; {note}", d, s, b, len(ex),
-                          tuple(sorted(t for t, _ in ex)[:_MAX_EXAMPLES])))
+                          tuple(sorted(text for text, _ in ex)[:_MAX_EXAMPLES]), t))
     return flags
 
 
 def check_rows(rows: Iterable[SummaryRow]) -> list[Flag]:
-    empty: dict[tuple[str, str], list[str]] = defaultdict(list)
-    abstain: dict[tuple[str, str], list[str]] = defaultdict(list)
+    empty: dict[tuple[str, str, str], list[str]] = defaultdict(list)
+    abstain: dict[tuple[str, str, str], list[str]] = defaultdict(list)
     for row in rows:
+        cell = (row.defense, row.setting, row.threat)
         if row.n_valid == 0:
-            empty[(row.defense, row.setting)].append(f"budget {row.budget:g}: {row.n_samples} seen, {row.n_invalid} invalid")
+            empty[cell].append(f"budget {row.budget:g}: {row.n_samples} seen, {row.n_invalid} invalid")
         if row.n_abstain:
-            abstain[(row.defense, row.setting)].append(f"budget {row.budget:g}: {row.n_abstain} samples")
+            abstain[cell].append(f"budget {row.budget:g}: {row.n_abstain} samples")
     flags = [Flag("no_valid_samples", "info", f"no valid samples at {len(ex)} budgets: the rate abstains there",
-                  d, s, None, len(ex), tuple(ex[:_MAX_EXAMPLES])) for (d, s), ex in sorted(empty.items())]
+                  d, s, None, len(ex), tuple(ex[:_MAX_EXAMPLES]), t) for (d, s, t), ex in sorted(empty.items())]
     flags += [Flag("abstains", "info", f"samples that could not be evaluated at {len(ex)} budgets",
-                   d, s, None, len(ex), tuple(ex[:_MAX_EXAMPLES])) for (d, s), ex in sorted(abstain.items())]
+                   d, s, None, len(ex), tuple(ex[:_MAX_EXAMPLES]), t) for (d, s, t), ex in sorted(abstain.items())]
     return flags
 
 
@@ -205,16 +207,14 @@ FEW_VALID = 30
 def check_few_valid(rows: Iterable[SummaryRow], minimum: int = FEW_VALID) -> list[Flag]:
     """A warning per (defense, setting) whose cells have fewer than ``minimum`` valid samples
     (but some: no valid sample at all is ``no_valid_samples``), listing each budget's n."""
-    hits: dict[tuple[str, str], list[str]] = defaultdict(list)
+    hits: dict[tuple[str, str, str], list[str]] = defaultdict(list)
     for row in rows:
         if 0 < row.n_valid < minimum:
-            threat = getattr(row, "threat", "residual")
-            where = "" if threat == "residual" else f" ({threat})"
-            hits[(row.defense, row.setting)].append(f"budget {row.budget:g}{where}: n={row.n_valid}")
+            hits[(row.defense, row.setting, row.threat)].append(f"budget {row.budget:g}: n={row.n_valid}")
     return [Flag("few_valid_samples", "warning",
                  f"fewer than {minimum} valid samples at {len(ex)} budgets ({'; '.join(ex)}): the intervals are wide "
                  "and a difference between defenses is hard to detect; evaluate more samples",
-                 d, s, None, len(ex), tuple(ex[:_MAX_EXAMPLES])) for (d, s), ex in sorted(hits.items())]
+                 d, s, None, len(ex), tuple(ex[:_MAX_EXAMPLES]), t) for (d, s, t), ex in sorted(hits.items())]
 
 
 Records = list[dict[str, Any]]
@@ -232,14 +232,14 @@ def _needs_field(name: str, why: str) -> Callable[[Records, list[SummaryRow]], s
 
 def _budgets_applicable(records: Records, rows: list[SummaryRow]) -> str | None:
     budgets = defaultdict(set)
-    for (d, s, b, _), o in sample_outcomes(records).items():
+    for (d, s, t, b, _), o in sample_outcomes(records).items():
         if o.counted:
-            budgets[(d, s)].add(b)
+            budgets[(d, s, t)].add(b)
     return None if any(len(b) > 1 for b in budgets.values()) else "no sample was attacked at two budgets"
 
 
 def _zero_applicable(records: Records, rows: list[SummaryRow]) -> str | None:
-    counted = any(o.counted and b == 0 for (_, _, b, _), o in sample_outcomes(records).items())
+    counted = any(o.counted and b == 0 for (_, _, _, b, _), o in sample_outcomes(records).items())
     return None if counted else "budget 0 is not on the grid (or no sample was valid there)"
 
 

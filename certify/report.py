@@ -114,7 +114,9 @@ def flags_html(flags: Sequence[Flag]) -> str:
         return "<p>No sanity flags raised.</p>"
     items = []
     for f in flags:
-        where = ", ".join(x for x in (f.defense, f.setting, None if f.budget is None else f"budget {f.budget:g}") if x)
+        threat = None if f.threat == "residual" else f"{f.threat} threat"
+        where = ", ".join(x for x in (f.defense, f.setting, threat, None if f.budget is None else f"budget {f.budget:g}")
+                          if x)
         examples = "".join(f"<li>{html.escape(e)}</li>" for e in f.examples)
         items.append(
             f'<li><span class="{html.escape(f.severity)}">[{html.escape(f.severity)}] {html.escape(f.kind)}</span>'

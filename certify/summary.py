@@ -38,7 +38,6 @@ from typing import Any
 from certify.stats import Rate, confidence_label, holm, mcnemar
 from guard.errors import ToolkitError
 
-SampleKey = tuple[str, str, float, str]  # (defense, setting, budget, sample_id)
 ThreatSampleKey = tuple[str, str, str, float, str]  # (defense, setting, threat, budget, sample_id)
 DEFAULT_THREAT = "residual"
 # cascade order of the named stages (earliest first); other names sort after these
@@ -107,25 +106,19 @@ def _stage_name(stage: Any) -> str | None:
     return None if stage is None else str(stage)
 
 
-def sample_outcomes(records: Iterable[dict[str, Any]],
-                    by_threat: bool = False) -> dict[SampleKey | ThreatSampleKey, SampleOutcome]:
-    """Combine records into one outcome per (defense, setting, budget, sample_id).
-
-    ``by_threat=True`` keys by (defense, setting, threat, budget, sample_id) instead, so
-    that records of one sample under different threat models stay apart (``summarize``
-    does this; the plain key is kept for callers that predate threats).
-    """
+def sample_outcomes(records: Iterable[dict[str, Any]]) -> dict[ThreatSampleKey, SampleOutcome]:
+    """Combine records into one outcome per (defense, setting, threat, budget, sample_id): records of
+    one sample under different threat models stay apart."""
     groups: dict[tuple[Any, ...], list[dict[str, Any]]] = defaultdict(list)
     for r in records:
         try:
             key = (str(r["defense"]), str(r["setting"]), record_threat(r), float(r["budget"]), str(r["sample_id"]))
         except (KeyError, TypeError, ValueError) as err:
             raise ToolkitError(f"summary: record without a usable defense/setting/budget/sample_id: {err}") from err
-        groups[key if by_threat else (key[0], key[1], key[3], key[4])].append(r)
+        groups[key].append(r)
     out: dict[Any, SampleOutcome] = {}
     for key, group in groups.items():
-        defense, setting, budget, sample_id = (key[0], key[1], key[3], key[4]) if by_threat else key
-        threats = sorted({record_threat(r) for r in group})
+        defense, setting, threat, budget, sample_id = key
         verdicts = {r.get("valid") for r in group} - {None}
         if len(verdicts) > 1:
             raise ToolkitError(
@@ -148,7 +141,7 @@ def sample_outcomes(records: Iterable[dict[str, Any]],
             rel_delta_norm=None if chosen is None else as_number(chosen.get("rel_delta_norm")),
             min_budget=None if chosen is None else as_number(chosen.get("min_budget")),
             certified=any(bool(c) for c in certificates) if certificates else None,
-            threat=threats[0] if len(threats) == 1 else "+".join(threats),
+            threat=threat,
             present=present,
             stage=None if chosen is None else _stage_name(chosen.get("stage")),
         )
@@ -261,7 +254,7 @@ def summarize(
     ``verified`` maps a defense (or a (defense, setting) pair) to whether its
     implementation passed the suite's checks; rows of defenses not in it get None.
     """
-    outcomes = sample_outcomes(records, by_threat=True)
+    outcomes = sample_outcomes(records)
     cells: dict[tuple[str, str, str, float], dict[str, SampleOutcome]] = defaultdict(dict)
     for (defense, setting, threat, budget, sample_id), outcome in outcomes.items():
         cells[(defense, setting, threat, budget)][sample_id] = outcome

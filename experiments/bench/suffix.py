@@ -1,10 +1,12 @@
-"""``python -m experiments.bench.suffix``: the soft-suffix attack with and without the cached prompt prefix.
+"""``python -m experiments.bench.suffix``: the embedding-threat attack with and without the cached prompt prefix.
 
 Both run in one process on the embedded subject under the refusal defense of the default
 refusal reproduction (8 refusal latents at blocks.6 and blocks.12 set to 7, see
 ``experiments.refusal``), on the same harmful requests, target answers (the undefended
 subject's first 16 answer tokens), suffix length and step count, alternately (full, cached,
-full, cached) so that a busy machine slows both alike. No early stop, so both take every step.
+full, cached) so that a busy machine slows both alike: the engine's Adam attack on a 16-token
+suffix before the end of the user turn (``attacks.suffix``), ``AttackConfig.reuse_prefix`` off and
+on. No early stop (an unreachable goal), so both take every step.
 
 Last printed line: ``{"speedup", "max_score_diff", "n", "steps"}``: speedup is the full
 forward's CPU seconds over the cached one's; max_score_diff the largest difference between
@@ -23,11 +25,14 @@ import sys  # noqa: E402
 import time  # noqa: E402
 from dataclasses import replace  # noqa: E402
 
-from attacks.suffix import SoftSuffixAttack, SoftSuffixConfig, SuffixExample, target_logprob  # noqa: E402
+from attacks.batch import AttackBatch  # noqa: E402
+from attacks.engine import AttackConfig, GradientRecovery  # noqa: E402
+from attacks.objectives import Continuation  # noqa: E402
+from attacks.suffix import SuffixSlot  # noqa: E402
 from experiments.refusal.cli import DEFAULT, load_requests
 from experiments.refusal.discovery import discover_refusal_clamp
 from experiments.refusal.pipeline import split
-from experiments.refusal.recovery import generate_and_judge
+from experiments.refusal.recovery import generate_and_judge, refusal_first_tokens
 from experiments.subject import load_subject
 from experiments.subject.chat import END, chat_prompt
 
@@ -48,20 +53,22 @@ def main(argv=None) -> dict:
     select, evaluate = split(load_requests(None), DEFAULT.n_select, DEFAULT.seed, args.n)
     discovery = replace(DEFAULT.discovery, value=7.0)  # the default run's calibrated value, no calibration
     defense = discover_refusal_clamp(model, subject.saes, select, [], discovery, log=lambda m: None).defense
-    _, _, _, answers = generate_and_judge(model, evaluate, None, 16, args.n)
-    examples = []
-    for request, answer in zip(evaluate, answers, strict=True):
-        e = SuffixExample.from_prompt(tok, chat_prompt(request), insert_before=END)
-        examples.append(SuffixExample(e.before, e.after, tuple(answer[:16])))
-
+    _, _, prompt_ids, answers = generate_and_judge(model, evaluate, None, 16, args.n)
+    slot = SuffixSlot.before_marker(tok, chat_prompt(evaluate[0]), END, n_tokens=16)
+    seqs = [slot.insert(p) for p in prompt_ids]
+    batch = AttackBatch.from_lists([s + a[:16] for s, a in zip(seqs, answers, strict=True)],
+                                   prompt_lengths=[len(s) for s in seqs])
+    # min_mean_logprob above 0 is unreachable: no example stops early
+    objective = Continuation(batch, refusal_first_tokens(tok), min_mean_logprob=1.0)
     cpu: dict[bool, float] = {False: 0.0, True: 0.0}
     wall: dict[bool, float] = {False: 0.0, True: 0.0}
     scores = {}
     for _ in range(args.repeats):
         for reuse in (False, True):
-            attack = SoftSuffixAttack(SoftSuffixConfig(n_suffix=16, steps=args.steps, lr=0.05, reuse_prefix=reuse))
+            attack = GradientRecovery(model, defense, slot.threat(4.0), objective,
+                                      AttackConfig(steps=args.steps, reuse_prefix=reuse))
             c0, w0 = time.process_time(), time.perf_counter()
-            scores[reuse] = attack.run(model, examples, target_logprob, defense=defense).scores
+            scores[reuse] = attack.run(batch).score
             cpu[reuse] += time.process_time() - c0
             wall[reuse] += time.perf_counter() - w0
             print(f"reuse_prefix={reuse}: {time.perf_counter() - w0:.1f} s wall", file=sys.stderr, flush=True)

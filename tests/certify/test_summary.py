@@ -65,7 +65,7 @@ def test_best_of_attacks_and_seeds_counts_and_first_stage_supplies_metrics():
         rec("clamp", 1.0, 0, recovered=True, attack="random", stage=1, drift=0.4),
         rec("clamp", 1.0, 0, recovered=True, attack="pgd", seed=1, stage=0, drift=0.2),
     ]
-    outcome = sample_outcomes(records)[("clamp", "s", 1.0, "x0")]
+    outcome = sample_outcomes(records)[("clamp", "s", "residual", 1.0, "x0")]
     assert outcome.recovered and outcome.attack == "pgd" and outcome.drift == 0.2
 
 
