@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import functools
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import ClassVar
 
 import torch
@@ -36,7 +36,7 @@ from attacks.engine import AttackConfig, RecoveryAttack, RowState, RunContext
 from attacks.forward import full_forward
 from attacks.objectives import Objective
 from attacks.perturbation import Perturbation
-from attacks.runner import Stage
+from attacks.runner import CascadeOutcome, Stage
 from guard.base import Defense
 from guard.errors import ToolkitError
 
@@ -138,6 +138,13 @@ def replay_tokens(model, defense: Defense, objective: Objective, batch: AttackBa
     flagged = torch.zeros_like(exact) if flags is None else flags.bool().to(exact.device)
     back = objective.success(logits, torch.arange(batch.size, device=ids.device)).to(exact.device)
     return exact & same & back & ~flagged
+
+
+def with_replay(outcome: CascadeOutcome, replayed: torch.Tensor) -> CascadeOutcome:
+    """The outcome with every success that did not replay (``replayed`` false) counted as none."""
+    ok = outcome.result.success & replayed.to(outcome.result.success.device)
+    stage = tuple(s if bool(ok[i]) else None for i, s in enumerate(outcome.stage))
+    return replace(outcome, result=replace(outcome.result, success=ok), stage=stage)
 
 
 class TokenSearch(RecoveryAttack):

@@ -253,6 +253,8 @@ def build_parser() -> argparse.ArgumentParser:
     run_p.add_argument("--subject", help="model + SAEs to evaluate (default 'default')")
     run_p.add_argument("--settings", nargs="+", metavar="NAME", help="settings, space- or comma-separated")
     run_p.add_argument("--defenses", nargs="+", metavar="NAME", help="defenses, space- or comma-separated")
+    run_p.add_argument("--threats", nargs="+", metavar="NAME",
+                       help="threat ladder rungs: residual (default), embedding, tokens")
     run_p.add_argument("--budgets", nargs="+", metavar="B", help="perturbation budgets (L2), e.g. 2 5 10 20 40")
     run_p.add_argument("--n", type=int, help="samples per setting")
     run_p.add_argument("--device", help="cpu or cuda (cuda:<index>)")
@@ -283,8 +285,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def config_from_args(args: argparse.Namespace) -> SuiteConfig:
     file_data = load_config_file(args.config) if args.config else {}
-    overrides = {k: getattr(args, k) for k in ("suite", "out", "subject", "settings", "defenses", "budgets", "n",
-                                               "device", "seed", "alpha", "show_completions", "progress", "plugins")}
+    overrides = {k: getattr(args, k) for k in ("suite", "out", "subject", "settings", "defenses", "threats", "budgets",
+                                               "n", "device", "seed", "alpha", "show_completions", "progress",
+                                               "plugins")}
     if args.option:
         overrides["options"] = dict(args.option)
     return resolve_config(file_data, overrides, where=f"config file {args.config}" if args.config else "config")

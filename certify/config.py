@@ -39,6 +39,7 @@ class SuiteConfig:
     ``alpha``: 1 - confidence of the intervals. ``show_completions``: put completion texts
     in the report. ``options``: suite-specific options as sorted (key, value) pairs.
     ``plugins``: files or modules imported before planning (``certify.plugins``).
+    ``threats``: rungs of the threat ladder to attack with (``attacks.ladder``; None: the suite's default).
     """
 
     suite: str = "standard"
@@ -55,6 +56,7 @@ class SuiteConfig:
     progress: bool = True
     options: tuple[tuple[str, Any], ...] = ()
     plugins: tuple[str, ...] = ()
+    threats: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
         where = "certify config"
@@ -70,7 +72,7 @@ class SuiteConfig:
             raise ToolkitError(f"{where}: seed must be an integer >= 0, got {self.seed!r}")
         if not 0 < self.alpha < 1:
             raise ToolkitError(f"{where}: alpha must lie in (0, 1), got {self.alpha}")
-        for name in ("settings", "defenses"):
+        for name in ("settings", "defenses", "threats"):
             value = getattr(self, name)
             if value is not None and (not value or len(set(value)) != len(value)):
                 raise ToolkitError(f"{where}: {name} must be a non-empty list of distinct names, got {value}")
@@ -85,7 +87,7 @@ class SuiteConfig:
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data["options"] = self.option_dict
-        for key in ("settings", "defenses", "budgets", "plugins"):
+        for key in ("settings", "defenses", "budgets", "plugins", "threats"):
             if data[key] is not None:
                 data[key] = list(data[key])
         return data
@@ -133,7 +135,7 @@ def _normalise(data: Mapping[str, Any], where: str) -> dict[str, Any]:
             raise unknown_name("config key", key, _FIELD_NAMES, where)
         if value is None:
             out[key] = None
-        elif key in ("settings", "defenses", "plugins"):
+        elif key in ("settings", "defenses", "plugins", "threats"):
             out[key] = _names(value, key, where)
         elif key == "budgets":
             out[key] = _budgets(value, where)

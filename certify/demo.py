@@ -340,6 +340,9 @@ def build_demo(config: SuiteConfig) -> SuitePlan:
                            "(use 'default', or another suite for a real model)")
     _check_names(config.settings, tuple(SETTINGS), "setting")
     _check_names(config.defenses, DEFENSES, "defense")
+    if config.threats not in (None, ("residual",)):
+        raise ToolkitError(f"demo suite: its planted recoveries and exact bounds are for the residual threat only; "
+                           f"got threats {list(config.threats)}")
     opts = check_options(config.option_dict, OPTION_DEFAULTS, "demo suite", positive=("steps",))
     if config.device.startswith("cuda") and not torch.cuda.is_available():
         raise ToolkitError(f"demo suite: device {config.device!r} requested but CUDA is not available")

@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import json
 import sys
 import tempfile
 import time
@@ -46,8 +47,10 @@ from typing import Any
 import torch
 
 from attacks.forward import full_forward
+from attacks.ladder import THREATS, Rung, SuffixOptions, build_rung, rung_budgets
 from attacks.runner import STAGE_NAMES, AttackedChunk, attack_samples, default_stages
 from attacks.threat import ThreatModel
+from attacks.tokens import replay_tokens, suffix_token_ids, with_replay
 from certify.config import SuiteConfig, check_options
 from certify.outcomes import SampleRecord
 from certify.plugins import load_object
@@ -61,7 +64,7 @@ from experiments.subject import Subject, load_subject
 from experiments.subject.chat import chat_prompt
 from experiments.utility import builtin_text
 from guard.base import Defense
-from guard.errors import ToolkitError
+from guard.errors import ToolkitError, unknown_name
 from guard.registry import DEFENSES, build_defaults
 from guard.spec import CalibrationData
 from guard.texts import CONTRAST_REQUESTS
@@ -72,14 +75,16 @@ SUBJECT_NAME = "SmolLM2-135M-Instruct + shipped SAEs"
 # the checks this suite's records must let run (an inapplicable one is an error, not silence)
 REQUIRED_CHECKS = ("zero_gradient", "not_monotone_in_budget", "recovered_at_zero_budget", "random_beats_optimiser",
                    "verification_disagrees", "inactive_defense")
-DEFAULTS = {"settings": ("ioi", "recall"), "budgets": (0.0, 0.02, 0.05, 0.2), "n": 24}
+DEFAULTS = {"settings": ("ioi", "recall"), "budgets": (0.0, 0.02, 0.05, 0.2), "n": 24, "threats": ("residual",)}
 OPTION_DEFAULTS = {"steps": 20, "n_select": 48, "n_latents": 32, "site": "blocks.6.hook_resid_post",
-                   "attack_batch": 64, "seq_len": 64}
+                   "attack_batch": 64, "seq_len": 64, "suffix_tokens": 10, "embedding_budget": 1.0,
+                   "token_steps": 10, "token_candidates": 32, "token_top_k": 64}
+PLACEHOLDERS = (" x", "x", "!")  # the suffix's starting token: the first of these that is one token
 
 
 @dataclass(frozen=True)
 class StandardUnit:
-    """One defense and setting over the setting's evaluated samples, at every budget of the grid."""
+    """One defense, setting and threat over the setting's evaluated samples, at every budget of the grid."""
 
     defense: str
     setting: str
@@ -87,11 +92,22 @@ class StandardUnit:
     seed: int
     n: int
     steps: int
+    threat: str = "residual"
+
+    @property
+    def key(self) -> str:
+        """The unit's identity; a residual unit keeps the one it had before threats existed (and so its seed)."""
+        fields = dataclasses.asdict(self)
+        if self.threat == "residual":
+            del fields["threat"]
+        return json.dumps({"type": type(self).__name__, **fields}, sort_keys=True, default=str)
 
 
 @dataclass
 class SettingWorld:
-    """Everything built once per setting: samples, validity, defenses (by name), utility."""
+    """Everything built once per setting: samples, defenses (by name), utility, and per threat the
+    attacked inputs (``inputs``: the samples with the threat's suffix placeholders in them) and
+    validity and scores per (defense, threat)."""
 
     setting: str
     site: str
@@ -99,8 +115,10 @@ class SettingWorld:
     evaluate: list[Sample]
     defenses: dict[str, Defense]
     utility: dict[str, float]
-    valid: dict[str, tuple[bool, ...]]
-    scores: dict[str, tuple[tuple[float, ...], tuple[float, ...]]]
+    inputs: dict[str, list[Sample]]
+    valid: dict[tuple[str, str], tuple[bool, ...]]
+    scores: dict[tuple[str, str], tuple[tuple[float, ...], tuple[float, ...]]]
+    suffix: SuffixOptions
 
 
 def benign_tokens(model, seq_len: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -116,11 +134,36 @@ def contrast_prompts(model) -> list[torch.Tensor]:
     return [model.to_tokens(chat_prompt(r), prepend_bos=False)[0] for r in CONTRAST_REQUESTS]
 
 
+def placeholder_token(tokenizer) -> int:
+    """The suffix placeholder: the first of ``PLACEHOLDERS`` that the tokenizer keeps as one token."""
+    for text in PLACEHOLDERS:
+        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+        if len(ids) == 1:
+            return int(ids[0])
+    raise ToolkitError(f"standard suite: none of {PLACEHOLDERS} is a single token for this tokenizer; "
+                       "the embedding and token threats need one as the suffix placeholder")
+
+
+def suffix_options(opts: Mapping[str, Any], placeholder: int = 0) -> SuffixOptions:
+    return SuffixOptions(n_tokens=int(opts["suffix_tokens"]), placeholder=placeholder,
+                         embedding_budget=float(opts["embedding_budget"]), token_steps=int(opts["token_steps"]),
+                         candidates=int(opts["token_candidates"]), top_k=int(opts["token_top_k"]))
+
+
+def threat_inputs(samples: Sequence[Sample], threat: str, suffix: SuffixOptions) -> list[Sample]:
+    """The samples as the threat attacks them: the prompt itself, or with the suffix placeholders appended."""
+    if threat == "residual":
+        return list(samples)
+    return [dataclasses.replace(s, tokens=tuple(suffix.slot.insert(s.tokens))) for s in samples]
+
+
 def build_world(model, saes: Mapping[str, object], setting_name: str, select: Sequence[Sample],
                 evaluate: Sequence[Sample], defense_names: Sequence[str], *, site: str, n_latents: int,
                 calib_tokens: torch.Tensor, eval_tokens: torch.Tensor, contrast: Sequence[torch.Tensor],
+                threats: Sequence[str] = ("residual",), suffix: SuffixOptions = SuffixOptions(),
                 batch_size: int = 16) -> SettingWorld:
-    """Select the clamp, calibrate and build every named defense, measure utility and validity."""
+    """Select the clamp, calibrate and build every named defense, measure utility, and validity per threat
+    (on the input the threat starts from, so budget 0 is the validated input on every rung)."""
     if site not in saes:
         raise ToolkitError(f"standard suite: no SAE at site {site!r}; the subject has SAEs at {sorted(saes)} "
                            "(choose one with --option site=...)")
@@ -142,12 +185,16 @@ def build_world(model, saes: Mapping[str, object], setting_name: str, select: Se
     log(f"calibrated and built {', '.join(defenses)}")
     utility = {name: r.delta_ce for name, r in measure_utility_many(model, defenses, eval_tokens).items()}
     log(f"utility of {len(defenses)} defenses on {tuple(eval_tokens.shape)} benign tokens")
+    inputs = {t: threat_inputs(evaluate, t, suffix) for t in threats}
     valid, scores = {}, {}
-    for name, defense in defenses.items():
-        v = validity(model, defense, list(evaluate), batch_size=batch_size)
-        valid[name], scores[name] = v.valid, (v.score_undefended, v.score_defended)
-    log("validity: " + ", ".join(f"{name} {sum(v)}/{len(v)}" for name, v in valid.items()))
-    return SettingWorld(setting_name, site, selection.features, list(evaluate), defenses, utility, valid, scores)
+    for threat, samples in inputs.items():
+        for name, defense in defenses.items():
+            v = validity(model, defense, samples, batch_size=batch_size)
+            valid[(name, threat)], scores[(name, threat)] = v.valid, (v.score_undefended, v.score_defended)
+    log("validity: " + ", ".join(f"{name} {sum(v)}/{len(v)}" + ("" if t == "residual" else f" ({t})")
+                                 for (name, t), v in valid.items()))
+    return SettingWorld(setting_name, site, selection.features, list(evaluate), defenses, utility, inputs, valid,
+                        scores, suffix)
 
 
 @torch.no_grad()
@@ -158,36 +205,54 @@ def _reference_scores(model, reference: Defense, chunk: AttackedChunk) -> torch.
     return objective.score(logits, torch.arange(batch.size, device=batch.tokens.device)).cpu()
 
 
+def unit_rung(world: SettingWorld, unit: StandardUnit, defense: Defense) -> Rung:
+    """The unit's rung of the threat ladder: the residual threat is encoder-orthogonal at the clamp's site
+    (none where the defense pins no latent there)."""
+    here = [d for d in defense.defended_latents() if d.site == world.site]
+    residual = ThreatModel.make(world.site, positions="last", budget=max(unit.budgets), relative=True,
+                                constraint="encoder" if here else "none")
+    return build_rung(unit.threat, residual, unit.budgets, unit.steps, world.suffix)
+
+
 def evaluate_unit(world: SettingWorld, unit: StandardUnit, model, *, attack_batch: int = 64) -> list[dict[str, Any]]:
     """Records of one unit: per budget, one per invalid sample and one per attacked valid sample.
 
     Every positive budget's rows run in the same batches (per-row budgets), so an attack step
-    is paid once for all budgets; budget 0 is one checked forward.
+    is paid once for all budgets; budget 0 is one checked forward. On the token rung a success
+    counts only if it replays from text (``replay_verified``); its suffix is kept as token ids.
     """
     defense = world.defenses[unit.defense]
-    valid = world.valid[unit.defense]
-    und, dfd = world.scores[unit.defense]
-    here = [d for d in defense.defended_latents() if d.site == world.site]
-    constraint = "encoder" if here else "none"
-    key = {"setting": unit.setting, "defense": unit.defense, "seed": unit.seed, "threat": "residual",
-           "site": world.site, "constraint": constraint}
+    rung = unit_rung(world, unit, defense)
+    samples = world.inputs[unit.threat]
+    valid = world.valid[(unit.defense, unit.threat)]
+    und, dfd = world.scores[(unit.defense, unit.threat)]
+    key = {"setting": unit.setting, "defense": unit.defense, "seed": unit.seed, "threat": unit.threat,
+           "site": rung.threat.sites[0], "constraint": rung.threat.constraint.name}
     records = [SampleRecord.invalid(**key, budget=b, sample_id=s.id, present=und[i] > 0, score_undefended=und[i],
                                     score_defended=dfd[i])
-               for b in unit.budgets for i, s in enumerate(world.evaluate) if not valid[i]]
-    attacked = [i for i in range(len(world.evaluate)) if valid[i]]
-    threat = ThreatModel.make(world.site, positions="last", budget=max(unit.budgets), relative=True,
-                              constraint=constraint)
+               for b in rung.budgets for i, s in enumerate(samples) if not valid[i]]
+    attacked = [i for i in range(len(samples)) if valid[i]]
     reference = world.defenses[REFERENCE] if unit.defense != REFERENCE else None
     seed = unit_seed(unit.seed, unit)
     chunks = []
-    for budgets, stages in (([b for b in unit.budgets if b == 0], default_stages(0, seed=seed)[:1]),
-                            ([b for b in unit.budgets if b > 0], default_stages(unit.steps, seed=seed))):
+    for budgets, stages in (([b for b in rung.budgets if b == 0], rung.stages(seed, budget_zero=True)),
+                            ([b for b in rung.budgets if b > 0], rung.stages(seed))):
         pairs = [(i, b) for b in budgets for i in attacked]
-        chunks += attack_samples(model, defense, threat, pairs,
-                                 lambda chunk: SettingObjective([world.evaluate[i] for i, _ in chunk]),
-                                 lambda p: world.evaluate[p[0]].tokens, stages, batch_size=attack_batch,
+        chunks += attack_samples(model, defense, rung.threat, pairs,
+                                 lambda chunk: SettingObjective([samples[i] for i, _ in chunk]),
+                                 lambda p: samples[p[0]].tokens, stages, batch_size=attack_batch,
                                  budget_of=lambda p: p[1])
     for chunk in chunks:
+        extra: list[dict[str, Any]] = [{} for _ in chunk.samples]
+        if rung.replay:
+            (pert,) = chunk.outcome.result.perturbations
+            replayed = replay_tokens(model, defense, chunk.objective, chunk.batch, pert)
+            ids, _ = suffix_token_ids(model, chunk.batch, pert)
+            claimed = chunk.outcome.result.success
+            for j in range(len(chunk.samples)):
+                extra[j] = {"replay_verified": bool(replayed[j]) if bool(claimed[j]) else None,
+                            "suffix_ids": ids[j][pert.mask[j]].tolist()}
+            chunk = dataclasses.replace(chunk, outcome=with_replay(chunk.outcome, replayed))
         result = chunk.outcome.result
         ref = None if reference is None else _reference_scores(model, reference, chunk)
         for j, (i, b) in enumerate(chunk.samples):
@@ -196,7 +261,7 @@ def evaluate_unit(world: SettingWorld, unit: StandardUnit, model, *, attack_batc
                 moved = abs(float(result.score[j]) - float(ref[j])) > 1e-4 * (1 + abs(float(ref[j])))
                 binds = moved or chunk.outcome.ever_flagged[j]
             records.append(SampleRecord.from_outcome(chunk.outcome, j, score_undefended=und[i], binds=binds,
-                                                     **key, budget=b, sample_id=world.evaluate[i].id))
+                                                     extra=extra[j], **key, budget=b, sample_id=samples[i].id))
     return [r.to_dict() for r in records]
 
 
@@ -211,7 +276,8 @@ def check_config(config: SuiteConfig) -> tuple[SuiteConfig, dict[str, Any]]:
     checked here, before any model is loaded."""
     config = config.with_defaults({**DEFAULTS, "defenses": buildable_defenses()})
     opts = check_options(config.option_dict, OPTION_DEFAULTS, "standard suite",
-                         positive=("steps", "n_select", "n_latents", "attack_batch", "seq_len"))
+                         positive=("steps", "n_select", "n_latents", "attack_batch", "seq_len", "suffix_tokens",
+                                   "embedding_budget", "token_candidates", "token_top_k"))
     if opts["seq_len"] < 2:
         raise ToolkitError(f"standard suite: option seq_len must be >= 2 (a next-token loss needs two tokens), "
                            f"got {opts['seq_len']}")
@@ -219,6 +285,10 @@ def check_config(config: SuiteConfig) -> tuple[SuiteConfig, dict[str, Any]]:
         DEFENSES.check(name, "standard suite")
     for name in config.settings:
         SETTINGS.check(name, "standard suite")
+    for name in config.threats:
+        if name not in THREATS:
+            raise unknown_name("threat", name, THREATS, "standard suite")
+    suffix_options(opts)  # its numbers are checked here too
     if REFERENCE not in config.defenses:
         raise ToolkitError(f"standard suite: the plain clamp {REFERENCE!r} is the reference; keep it in defenses")
     return config, opts
@@ -257,15 +327,18 @@ def build_plan(config: SuiteConfig, model, saes: Mapping[str, object],
     config, skipped = usable_defenses(config, model, saes, opts["site"], requested)
     calib, held_out = benign if benign is not None else benign_tokens(model, int(opts["seq_len"]))
     contrast = list(contrast) if contrast is not None else contrast_prompts(model)
+    inputs_rungs = [t for t in config.threats if t != "residual"]
+    suffix = suffix_options(opts, placeholder_token(model.tokenizer) if inputs_rungs else 0)
     worlds = {}
     for setting in config.settings:
         select, evaluate = samples(setting, int(opts["n_select"]), config.n)
         worlds[setting] = build_world(model, saes, setting, select, evaluate, config.defenses, site=opts["site"],
                                       n_latents=int(opts["n_latents"]), calib_tokens=calib,
-                                      eval_tokens=held_out, contrast=contrast)
+                                      eval_tokens=held_out, contrast=contrast, threats=config.threats,
+                                      suffix=suffix)
     budgets = sorted({0.0, *config.budgets})  # budget 0 is free and checks validity against recovery
-    units = tuple(StandardUnit(d, s, tuple(float(b) for b in budgets), config.seed, config.n, int(opts["steps"]))
-                  for s in config.settings for d in config.defenses)
+    units = tuple(StandardUnit(d, s, rung_budgets(t, budgets, suffix), config.seed, config.n, int(opts["steps"]), t)
+                  for s in config.settings for d in config.defenses for t in config.threats)
     utility = {(d, s): worlds[s].utility[d] for s in config.settings for d in config.defenses}
 
     def evaluate(unit: StandardUnit) -> list[dict[str, Any]]:
@@ -282,6 +355,10 @@ def build_plan(config: SuiteConfig, model, saes: Mapping[str, object],
         "error_monitor: a recovery counts only when unflagged; the detector stage puts the monitor's own "
         "score in the attacker's loss.",
     )
+    residual = ThreatModel.make(opts["site"], positions="last", budget=max(budgets), constraint="encoder")
+    rungs = {t: build_rung(t, residual, budgets, int(opts["steps"]), suffix).detail for t in inputs_rungs}
+    notes += tuple(f"threat {t}: {detail}; validity on the prompts with the placeholder suffix "
+                   f"(token {suffix.placeholder})" for t, detail in rungs.items())
     fingerprint = {
         "subject": subject_name,
         "weights": sha256_tensors(model.state_dict()),
@@ -289,6 +366,7 @@ def build_plan(config: SuiteConfig, model, saes: Mapping[str, object],
         "samples": {s: [x.id for x in worlds[s].evaluate] for s in config.settings},
         "selected": {s: list(worlds[s].features) for s in config.settings},
         "stages": [{"stage": st.name, **st.config.to_dict()} for st in default_stages(int(opts["steps"]))],
+        **({"rungs": rungs} if rungs else {}),
     }
     verified = {name: r.status for name, r in verify_defenses(config.defenses).items()}
     return SuitePlan(units, evaluate, utility, config, reference=REFERENCE, notes=notes, fingerprint=fingerprint,

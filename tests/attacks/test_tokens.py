@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import re
-
 import pytest
 import torch
 
@@ -15,44 +13,11 @@ from attacks.threat import ThreatModel
 from attacks.tokens import TokenConfig, TokenSearch, replay_tokens, retokenizes, suffix_token_ids, token_stages
 from guard.clamp import ClampConfig, FeatureClamp
 from guard.errors import ToolkitError
-from tests.helpers import D_VOCAB, tiny_model, tiny_sae
+from tests.helpers import MERGED, WordTokenizer, tiny_model, tiny_sae
 
-TRIGGER, GOAL, OTHER, MERGED = 23, 7, 8, 40  # MERGED is the text of tokens 3 and 4 together
+TRIGGER, GOAL, OTHER = 23, 7, 8
 PROMPTS = [[3, 5, 9, 2], [6, 9, 10], [1, 2, 3, 5, 9]]
 SLOT = SuffixSlot(n_tokens=3, keep=0, placeholder=1)
-
-
-class WordTokenizer:
-    """Token i is the word " t<i>"; token 0 is special; " t3 t4" is one token (MERGED), so the
-    sequence [3, 4] does not survive decode/encode."""
-
-    all_special_ids = [0]
-    padding_side = "right"
-
-    def __len__(self) -> int:
-        return D_VOCAB
-
-    def _word(self, i: int) -> str:
-        return "<s>" if i == 0 else " t3 t4" if i == MERGED else f" t{i}"
-
-    def decode(self, ids) -> str:
-        return "".join(self._word(int(i)) for i in ids)
-
-    def batch_decode(self, seqs, clean_up_tokenization_spaces=False) -> list[str]:
-        return [self.decode(s) for s in seqs]
-
-    def _encode(self, text: str) -> list[int]:
-        ids = [0 if w == "<s>" else int(w[2:]) for w in re.findall(r"<s>| t\d+", text)]
-        out: list[int] = []
-        for i in ids:
-            if out and out[-1] == 3 and i == 4:
-                out[-1] = MERGED
-            else:
-                out.append(i)
-        return out
-
-    def __call__(self, texts, add_special_tokens=False):
-        return {"input_ids": [self._encode(t) for t in texts] if isinstance(texts, list) else self._encode(texts)}
 
 
 @pytest.fixture()

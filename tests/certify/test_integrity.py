@@ -63,6 +63,7 @@ FIELD_CHANGES = {
     "seed": ["--seed", "1"],
     "show_completions": ["--show-completions"],
     "plugins": ["--plugin", "certify.redact"],  # an importable module that registers nothing
+    "threats": ["--threats", "residual", "embedding"],
 }
 DEMO_SUITE = get_suite("demo")
 DEMO_OPTIONS = sorted(set(certify.demo.OPTION_DEFAULTS) - set(DEMO_SUITE.volatile_options))

@@ -6,10 +6,11 @@ import math
 
 import pytest
 
+import experiments.suites
 from attacks.runner import STAGE_NAMES
 from certify.config import SuiteConfig
 from certify.suites import get_suite
-from certify.summary import sample_outcomes
+from certify.summary import sample_outcomes, summarize
 from experiments.suites import (
     DEFAULTS,
     StandardUnit,
@@ -21,7 +22,7 @@ from experiments.suites import (
 from guard.errors import ToolkitError
 from guard.registry import DEFENSES
 from tests.guard_cases import SITES
-from tests.helpers import tiny_model, tiny_sae, tiny_tokens
+from tests.helpers import WordTokenizer, tiny_model, tiny_sae, tiny_tokens
 from tests.settings_cases import random_samples
 
 SITE = SITES[0]
@@ -118,3 +119,44 @@ def test_a_defense_the_subject_cannot_carry_is_left_out_or_refused():
         usable_defenses(config, model, one, SITES[1], requested=True)
     both = {site: tiny_sae("jumprelu", seed=3 + i) for i, site in enumerate(SITES)}
     assert usable_defenses(config, model, both, SITES[0], requested=False)[1] == {}
+
+
+def test_every_threat_rung_runs_on_the_tiny_plan(monkeypatch):
+    model = tiny_model()
+    model.tokenizer = WordTokenizer(merge=False)
+    monkeypatch.setattr(experiments.suites, "PLACEHOLDERS", (" t1",))
+    saes = {site: tiny_sae("jumprelu", seed=50 + i) for i, site in enumerate(SITES)}
+    pool = random_samples(model, n=20, seed=5)
+    config = SuiteConfig(suite="standard", settings=("ioi",), defenses=("clamp",), budgets=(0.0, 2.0), n=10,
+                         threats=("residual", "embedding", "tokens"),
+                         options=(("attack_batch", 8), ("n_latents", 6), ("n_select", 8), ("site", SITE),
+                                  ("steps", 4), ("suffix_tokens", 2), ("embedding_budget", 4.0),
+                                  ("token_steps", 2), ("token_candidates", 8), ("token_top_k", 8)))
+    plan = build_plan(config, model, saes, lambda s, k, n: (pool[:k], pool[k : k + n]),
+                      benign=(tiny_tokens(8, 12, seed=1), tiny_tokens(3, 12, seed=2)),
+                      contrast=list(tiny_tokens(6, 5, seed=4)))
+    units = {u.threat: u for u in plan.units}
+    assert set(units) == {"residual", "embedding", "tokens"}
+    assert units["embedding"].budgets == (0.0, 4.0) and units["tokens"].budgets == (0.0, 1.0)
+    assert '"threat"' not in units["residual"].key and '"threat"' in units["tokens"].key
+    assert any(note.startswith("threat tokens: 2 suffix tokens, GCG 2 + 6 steps x 8 candidates") for note in plan.notes)
+    records = {t: plan.evaluate_unit(u) for t, u in units.items()}
+    for threat, recs in records.items():
+        assert {r["threat"] for r in recs} == {threat}
+        attacked = [r for r in recs if r["valid"]]
+        assert attacked and not any(r["recovered"] for r in attacked if r["budget"] == 0)
+        if threat != "residual":
+            assert {r["site"] for r in recs} == {"blocks.0.hook_resid_pre"} and {r["constraint"] for r in recs} == {"none"}
+    tokens = [r for r in records["tokens"] if r["valid"]]
+    assert all(len(r["suffix_ids"]) == 2 for r in tokens)
+    assert all(r["replay_verified"] for r in tokens if r["recovered"])
+    assert any(r["recovered"] for r in records["embedding"])  # a free 4x-norm suffix moves a random tiny model
+    rows = summarize([r for recs in records.values() for r in recs])
+    assert {row.threat for row in rows} == {"residual", "embedding", "tokens"}
+
+
+def test_bad_threat_options_are_refused_before_loading():
+    with pytest.raises(ToolkitError, match="unknown threat 'gcg'"):
+        check_config(SuiteConfig(threats=("gcg",)))
+    with pytest.raises(ToolkitError, match="suffix_tokens"):
+        check_config(SuiteConfig(threats=("embedding",), options=(("suffix_tokens", 0),)))
