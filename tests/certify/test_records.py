@@ -102,6 +102,7 @@ def test_record_key_and_timing():
     a, b = _rec(0, timing={"s": 1.0}), _rec(0, timing={"s": 2.0})
     assert record_key(a) == record_key(b)
     assert record_key(a) != record_key(_rec(0, attack="random"))
+    assert record_key(a) == record_key({**a, "threat": "residual"}) != record_key({**a, "threat": "tokens"})
     assert strip_timing(a) == strip_timing(b) and "timing" not in strip_timing(a)
 
 
