@@ -11,6 +11,7 @@ from typing import Any
 
 from attacks.baselines import RandomSearch, RandomSearchConfig
 from attacks.engine import AttackConfig, GradientRecovery, RecoveryAttack
+from attacks.tokens import TokenConfig, TokenSearch
 from guard.named import Registry, Variant
 from guard.named import config_from_dict as _config_from_dict
 
@@ -28,3 +29,4 @@ def attack_config_from_dict(data: Mapping[str, Any]) -> AttackConfig:
 
 register_attack(AttackConfig, GradientRecovery)
 register_attack(RandomSearchConfig, RandomSearch)
+register_attack(TokenConfig, TokenSearch)
