@@ -12,3 +12,9 @@ STANDARD = Suite("standard", "experiments.suites:build_standard", "IOI + recall 
 FULL = Suite("full", "experiments.suites:build_standard",
              "the standard suite at n = 200 per setting (>= 100 valid samples per cell)",
              defaults={"n": 200}, option_defaults="experiments.suites:OPTION_DEFAULTS")
+# the threat ladder (attacks.ladder) on three defenses: plain clamp, a splice and the error monitor
+THREATS = Suite("threats", "experiments.suites:build_standard",
+                "the threat ladder (residual, embedding, tokens) on IOI + recall: clamp, splice, error monitor",
+                defaults={"threats": ("residual", "embedding", "tokens"),
+                          "defenses": ("clamp", "splice", "error_monitor")},
+                option_defaults="experiments.suites:OPTION_DEFAULTS")

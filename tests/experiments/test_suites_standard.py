@@ -160,3 +160,10 @@ def test_bad_threat_options_are_refused_before_loading():
         check_config(SuiteConfig(threats=("gcg",)))
     with pytest.raises(ToolkitError, match="suffix_tokens"):
         check_config(SuiteConfig(threats=("embedding",), options=(("suffix_tokens", 0),)))
+
+
+def test_threats_suite_presets_the_ladder():
+    suite = get_suite("threats")
+    config, _ = check_config(SuiteConfig(suite="threats").with_defaults(suite.defaults))
+    assert config.threats == ("residual", "embedding", "tokens")
+    assert config.defenses == ("clamp", "splice", "error_monitor") and config.settings == ("ioi", "recall")
