@@ -28,14 +28,12 @@ TIMING_FIELD = "timing"
 
 
 def record_key(record: dict[str, Any]) -> str:
-    """The deterministic identity of a record: (defense, setting, budget, sample_id, attack, seed), and
-    the threat where it is not the residual one (so residual records keep their keys)."""
+    """The deterministic identity of a record: (defense, setting, budget, sample_id, attack, seed, threat);
+    a record without a threat is a residual one."""
     missing = [f for f in KEY_FIELDS if f not in record]
     if missing:
         raise ToolkitError(f"record store: record lacks key fields {missing} (has {sorted(record)[:12]})")
-    threat = record.get("threat")
-    extra = [threat] if threat not in (None, "", "residual") else []
-    return json.dumps([record[f] for f in KEY_FIELDS] + extra, sort_keys=True)
+    return json.dumps([record[f] for f in KEY_FIELDS] + [record.get("threat") or "residual"], sort_keys=True)
 
 
 def strip_timing(record: dict[str, Any]) -> dict[str, Any]:

@@ -24,11 +24,9 @@ import json  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
 
-import torch  # noqa: E402
-
 from attacks.batch import AttackBatch  # noqa: E402
 from attacks.objectives import Continuation  # noqa: E402
-from attacks.threat import Positions, ThreatModel  # noqa: E402
+from attacks.suffix import SuffixSlot  # noqa: E402
 from attacks.tokens import TokenConfig, TokenSearch  # noqa: E402
 from experiments.refusal.cli import load_requests  # noqa: E402
 from experiments.subject import load_subject  # noqa: E402
@@ -92,8 +90,7 @@ def main(argv=None) -> dict:
         seqs.append(prompt + target_ids)
         prompt_lengths.append(len(prompt))
     batch = AttackBatch.from_lists(seqs, prompt_lengths=prompt_lengths)
-    threat = ThreatModel.make("blocks.0.hook_resid_pre", positions=Positions.tail(args.tokens, keep),
-                              budget=1.0, constraint="none")
+    threat = SuffixSlot(args.tokens, keep).threat(1.0)  # the init ids above fill the slot
     # refusal weight 0 and an unreachable stop: the score is the mean target log-probability, -CE
     objective = Continuation(batch, [tok(" I", add_special_tokens=False)["input_ids"][0]], refusal_weight=0.0,
                              min_mean_logprob=1.0)
