@@ -165,7 +165,8 @@ def run(config: SuiteConfig, fresh: bool = False) -> dict[str, Any]:
                               redact=not config.show_completions)
             records = store.records(units=keys)
         finished = now_iso()
-        provenance = build_provenance(record_config, fingerprint, started, finished, describe_device(config.device))
+        provenance = build_provenance(record_config, fingerprint, started, finished, describe_device(config.device),
+                                      plan.provenance)
         written = write_outputs(out, records, utility=plan.utility, reference=plan.reference, alpha=config.alpha,
                                 notes=plan.notes, config=config.to_dict(), show_completions=config.show_completions,
                                 run_info=stats.to_dict(), provenance=provenance,

@@ -222,7 +222,10 @@ def check_options(options: Mapping[str, Any], defaults: Mapping[str, Any], where
 
 
 def _coerce(value: Any, default: Any, name: str, minimum: int) -> Any:
-    """``value`` as the type of ``default`` (bool, int, float, str, or a list/tuple of them)."""
+    """``value`` as the type of ``default`` (bool, int, float, str, or a list/tuple of them; a None
+    default is an optional number, off unless given; null turns it off)."""
+    if default is None:
+        return None if value is None else validate.finite_number(value, name, low=minimum)
     if isinstance(default, bool):
         if not isinstance(value, bool):
             raise ToolkitError(f"{name} must be true or false, got {value!r}")

@@ -234,12 +234,14 @@ def _show(value: Any, limit: int = 80) -> str:
 
 
 def build_provenance(config: Mapping[str, Any], plan_fingerprint: Mapping[str, Any] | None,
-                     started: str | None, finished: str | None, device: str | None) -> dict[str, Any]:
+                     started: str | None, finished: str | None, device: str | None,
+                     measured: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """Where a run's numbers come from: versions, commit, subject, SAEs, config and data hashes.
 
     ``config``: the config the records depend on (``record_config``); ``plan_fingerprint``: the
     suite plan's fingerprint, whose ``subject`` and ``saes`` entries are copied out (the
-    config's subject name where the plan gives none); ``started`` / ``finished``: ISO times.
+    config's subject name where the plan gives none); ``started`` / ``finished``: ISO times;
+    ``measured``: the plan's measured set-up facts (``SuitePlan.provenance``), kept under ``setup``.
     """
     config = config.to_dict() if hasattr(config, "to_dict") else dict(config)
     fingerprint = dict(plan_fingerprint or {})
@@ -254,4 +256,5 @@ def build_provenance(config: Mapping[str, Any], plan_fingerprint: Mapping[str, A
         "started": started,
         "finished": finished,
         "device": device,
+        **({"setup": json_data(measured, "the plan's measured set-up")} if measured else {}),
     }

@@ -42,6 +42,10 @@ class SuitePlan:
     ``saes`` (hash per site), prompt/data file hashes, selected latents, calibration hashes,
     the attack config with its defaults filled in (``certify.provenance`` has the hash helpers).
     Anything that only changes speed or display (batch progress, a test delay) stays out.
+
+    ``provenance``: JSON data measured while planning (e.g. how the clamp was chosen: latent
+    densities, suppression, utility cost), written into the run's provenance; floats that may
+    differ in the last digit between machines belong here, not in the fingerprint.
     """
 
     units: Sequence[Any]
@@ -53,6 +57,7 @@ class SuitePlan:
     fingerprint: Mapping[str, Any] = field(default_factory=dict)
     required_checks: tuple[str, ...] = ()
     verified: Mapping[str, str] = field(default_factory=dict)
+    provenance: Mapping[str, Any] = field(default_factory=dict)  # measured set-up facts, recorded, not compared
 
     def __iter__(self) -> Iterator[Any]:
         return iter((self.units, self.evaluate_unit, self.utility))

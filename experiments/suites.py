@@ -60,6 +60,7 @@ from certify.selftest import verify_defenses
 from certify.suites import SuitePlan
 from experiments.reproduce_core import SettingObjective
 from experiments.settings import SETTINGS, Sample, get_setting, validity
+from experiments.settings.clamp_search import ClampChoice
 from experiments.subject import Subject, load_subject
 from experiments.subject.chat import chat_prompt
 from experiments.utility import builtin_text
@@ -78,7 +79,8 @@ REQUIRED_CHECKS = ("zero_gradient", "not_monotone_in_budget", "recovered_at_zero
 DEFAULTS = {"settings": ("ioi", "recall"), "budgets": (0.0, 0.02, 0.05, 0.2), "n": 24, "threats": ("residual",)}
 OPTION_DEFAULTS = {"steps": 20, "n_select": 48, "n_latents": 32, "site": "blocks.6.hook_resid_post",
                    "attack_batch": 64, "seq_len": 64, "suffix_tokens": 10, "embedding_budget": 1.0,
-                   "token_steps": 10, "token_candidates": 32, "token_top_k": 64}
+                   "token_steps": 10, "token_candidates": 32, "token_top_k": 64, "max_density": None,
+                   "max_delta_ce": None}
 PLACEHOLDERS = (" x", "x", "!")  # the suffix's starting token: the first of these that is one token
 
 
@@ -119,6 +121,7 @@ class SettingWorld:
     valid: dict[tuple[str, str], tuple[bool, ...]]
     scores: dict[tuple[str, str], tuple[tuple[float, ...], tuple[float, ...]]]
     suffix: SuffixOptions
+    choice: ClampChoice  # how the clamp was chosen: its latents' density, suppression and cost
 
 
 def benign_tokens(model, seq_len: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -150,6 +153,11 @@ def suffix_options(opts: Mapping[str, Any], placeholder: int = 0) -> SuffixOptio
                          candidates=int(opts["token_candidates"]), top_k=int(opts["token_top_k"]))
 
 
+def selection_rule(opts: Mapping[str, Any]) -> dict[str, float]:
+    """The utility-aware selection options that are on (``experiments.settings.SettingConfig``)."""
+    return {key: float(opts[key]) for key in ("max_density", "max_delta_ce") if opts[key] is not None}
+
+
 def threat_inputs(samples: Sequence[Sample], threat: str, suffix: SuffixOptions) -> list[Sample]:
     """The samples as the threat attacks them: the prompt itself, or with the suffix placeholders appended."""
     if threat == "residual":
@@ -160,15 +168,17 @@ def threat_inputs(samples: Sequence[Sample], threat: str, suffix: SuffixOptions)
 def build_world(model, saes: Mapping[str, object], setting_name: str, select: Sequence[Sample],
                 evaluate: Sequence[Sample], defense_names: Sequence[str], *, site: str, n_latents: int,
                 calib_tokens: torch.Tensor, eval_tokens: torch.Tensor, contrast: Sequence[torch.Tensor],
-                threats: Sequence[str] = ("residual",), suffix: SuffixOptions = SuffixOptions(),
-                batch_size: int = 16) -> SettingWorld:
+                threats: Sequence[str] = ("residual",), suffix: SuffixOptions | None = None,
+                selection_rule: Mapping[str, Any] | None = None, batch_size: int = 16) -> SettingWorld:
     """Select the clamp, calibrate and build every named defense, measure utility, and validity per threat
     (on the input the threat starts from, so budget 0 is the validated input on every rung)."""
+    suffix = suffix or SuffixOptions()
     if site not in saes:
         raise ToolkitError(f"standard suite: no SAE at site {site!r}; the subject has SAEs at {sorted(saes)} "
                            "(choose one with --option site=...)")
-    setting = get_setting(setting_name, site=site, n_latents=n_latents)
-    selection = setting.select(model, saes[site], list(select), batch_size=batch_size)
+    setting = get_setting(setting_name, site=site, n_latents=n_latents, **(selection_rule or {}))
+    choice = setting.choose_clamp(model, saes, list(select), benign=calib_tokens, batch_size=batch_size)
+    selection = choice.selection
     features = {site: selection.features}
     behaviour = [torch.tensor(s.tokens) for s in select]
     start = time.perf_counter()
@@ -176,7 +186,9 @@ def build_world(model, saes: Mapping[str, object], setting_name: str, select: Se
     def log(what: str) -> None:
         print(f"[standard] {setting_name}: {what} ({time.perf_counter() - start:.0f} s)", file=sys.stderr, flush=True)
 
-    log(f"clamp of {len(selection.features)} latents at {site} selected")
+    log(f"clamp of {len(selection.features)} latents at {site} selected: suppresses {choice.chosen.suppressed}/"
+        f"{choice.chosen.n_present} selection samples at {choice.chosen.delta_ce:+.3f} nats on calibration text"
+        + ("" if choice.meets_budget else f" (no count meets the budget of {choice.max_delta_ce} nats)"))
     # the residual-aware defenses act at the clamp's site, so their benign statistics (an MVEE fit per
     # site is the slow one) and the direction are fitted there alone; a closed loop still sees every SAE
     with tempfile.TemporaryDirectory() as tmp:
@@ -194,7 +206,7 @@ def build_world(model, saes: Mapping[str, object], setting_name: str, select: Se
     log("validity: " + ", ".join(f"{name} {sum(v)}/{len(v)}" + ("" if t == "residual" else f" ({t})")
                                  for (name, t), v in valid.items()))
     return SettingWorld(setting_name, site, selection.features, list(evaluate), defenses, utility, inputs, valid,
-                        scores, suffix)
+                        scores, suffix, choice)
 
 
 @torch.no_grad()
@@ -265,6 +277,23 @@ def evaluate_unit(world: SettingWorld, unit: StandardUnit, model, *, attack_batc
     return [r.to_dict() for r in records]
 
 
+def clamp_note(world: SettingWorld) -> str:
+    """How the setting's clamp was chosen, in one line: its rule, density, suppression and cost."""
+    choice, selection = world.choice, world.choice.selection
+    rule = []
+    if selection.max_density is not None:
+        rule.append(f"latents active on <= {selection.max_density:g} of benign tokens ({selection.n_dense} denser "
+                    "ones left out)")
+    if choice.max_delta_ce is not None:
+        tried = ", ".join(f"{p.n_latents}: {p.suppressed}/{p.n_present} at {p.delta_ce:+.3f}" for p in choice.points)
+        rule.append(f"count searched within {choice.max_delta_ce:g} nats ({tried})"
+                    + ("" if choice.meets_budget else "; NO count meets the budget, the cheapest is used"))
+    dense = sum(d > 0.02 for d in selection.density)
+    return (f"{world.setting} clamp: {len(selection.features)} latents; {'; '.join(rule) or 'no utility rule'}; "
+            f"{dense} of them active on > 2% of benign tokens; suppresses {choice.chosen.suppressed}/"
+            f"{choice.chosen.n_present} selection samples at {choice.chosen.delta_ce:+.3f} nats on calibration text.")
+
+
 def buildable_defenses() -> tuple[str, ...]:
     """Every registered defense (plain clamp first)."""
     names = list(DEFENSES)
@@ -289,6 +318,8 @@ def check_config(config: SuiteConfig) -> tuple[SuiteConfig, dict[str, Any]]:
         if name not in THREATS:
             raise unknown_name("threat", name, THREATS, "standard suite")
     suffix_options(opts)  # its numbers are checked here too
+    for name in config.settings:  # so is the selection rule, by the setting's own config
+        get_setting(name, site=str(opts["site"]), n_latents=int(opts["n_latents"]), **selection_rule(opts))
     if REFERENCE not in config.defenses:
         raise ToolkitError(f"standard suite: the plain clamp {REFERENCE!r} is the reference; keep it in defenses")
     return config, opts
@@ -335,7 +366,7 @@ def build_plan(config: SuiteConfig, model, saes: Mapping[str, object],
         worlds[setting] = build_world(model, saes, setting, select, evaluate, config.defenses, site=opts["site"],
                                       n_latents=int(opts["n_latents"]), calib_tokens=calib,
                                       eval_tokens=held_out, contrast=contrast, threats=config.threats,
-                                      suffix=suffix)
+                                      suffix=suffix, selection_rule=selection_rule(opts))
     budgets = sorted({0.0, *config.budgets})  # budget 0 is free and checks validity against recovery
     units = tuple(StandardUnit(d, s, rung_budgets(t, budgets, suffix), config.seed, config.n, int(opts["steps"]), t)
                   for s in config.settings for d in config.defenses for t in config.threats)
@@ -348,6 +379,7 @@ def build_plan(config: SuiteConfig, model, saes: Mapping[str, object],
         f"standard suite: plain clamp of {opts['n_latents']} attribution-selected latents at {opts['site']} "
         f"(selected on {opts['n_select']} samples kept apart from the {config.n} evaluated per setting); "
         "residual-aware defenses at guard's default settings, composed with the same clamp.",
+        *(clamp_note(worlds[s]) for s in config.settings),
         f"attack: the cascade of attacks.runner ({', '.join(STAGE_NAMES)}; {opts['steps']} steps per stage, "
         "3x for long), each stage only on samples still defended, at the last prompt position, relative L2 "
         "budget, encoder-orthogonal (none where a defense pins no latent at the site), defense inside the loop; "
@@ -369,8 +401,9 @@ def build_plan(config: SuiteConfig, model, saes: Mapping[str, object],
         **({"rungs": rungs} if rungs else {}),
     }
     verified = {name: r.status for name, r in verify_defenses(config.defenses).items()}
+    measured = {"clamp_selection": {s: worlds[s].choice.to_dict() for s in config.settings}}
     return SuitePlan(units, evaluate, utility, config, reference=REFERENCE, notes=notes, fingerprint=fingerprint,
-                     required_checks=REQUIRED_CHECKS, verified=verified)
+                     required_checks=REQUIRED_CHECKS, verified=verified, provenance=measured)
 
 
 @functools.lru_cache(maxsize=1)

@@ -76,7 +76,7 @@ def main(argv=None) -> dict:
                       "wall_full": round(wall[False], 1), "wall_cached": round(wall[True], 1)}))
     summary = {"speedup": round(cpu[False] / cpu[True], 2),
                "max_score_diff": float((scores[False] - scores[True]).abs().max()),
-               "n": len(examples), "steps": args.steps}
+               "n": len(seqs), "steps": args.steps}
     print(json.dumps(summary))
     return summary
 

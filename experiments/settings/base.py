@@ -14,8 +14,9 @@ from typing import Any, ClassVar
 
 import torch
 
+from experiments.settings.clamp_search import DEFAULT_COUNTS, ClampChoice, search_clamp
 from experiments.settings.sample import POSITIONS, Sample, behaviour_score, present
-from experiments.settings.selection import select_latents
+from experiments.settings.selection import latent_density, select_latents
 from guard.clamp import ClampConfig, FeatureClamp
 from guard.errors import ToolkitError, unknown_name
 
@@ -25,9 +26,12 @@ class SettingConfig:
     """Base of every setting config: frozen, serialisable, registered by ``name``.
 
     ``site``: the SAE site the plain clamp defends; ``n_latents``: how many latents it
-    clamps (to ``clamp_value`` with ``clamp_mode``); ``selection_positions``: where
-    attribution is summed ("all" tokens, "not_first" skipping the attention-sink position
-    0, or only the "last" position).
+    clamps (to ``clamp_value`` with ``clamp_mode``; with ``max_delta_ce``, at most this many);
+    ``selection_positions``: where attribution is summed ("all" tokens, "not_first" skipping
+    the attention-sink position 0, or only the "last" position). Utility-aware selection:
+    ``max_density`` leaves out latents active on more than that fraction of benign tokens;
+    ``max_delta_ce`` (nats) searches the number of latents for the strongest suppression
+    within that benign next-token loss increase (``clamp_search.py``).
     """
 
     name: ClassVar[str] = "setting"
@@ -36,10 +40,16 @@ class SettingConfig:
     clamp_mode: str = "set"
     clamp_value: float = 0.0
     selection_positions: str = "not_first"
+    max_density: float | None = None
+    max_delta_ce: float | None = None
 
     def __post_init__(self) -> None:
         if self.n_latents < 1:
             raise ToolkitError(f"setting {self.name!r}: n_latents must be >= 1, got {self.n_latents}")
+        if self.max_density is not None and not 0 < self.max_density <= 1:
+            raise ToolkitError(f"setting {self.name!r}: max_density must be in (0, 1], got {self.max_density}")
+        if self.max_delta_ce is not None and self.max_delta_ce < 0:
+            raise ToolkitError(f"setting {self.name!r}: max_delta_ce must be >= 0 nats, got {self.max_delta_ce}")
         if self.selection_positions not in POSITIONS:
             raise ToolkitError(
                 f"setting {self.name!r}: selection_positions must be one of {POSITIONS}, "
@@ -107,15 +117,36 @@ class Setting(ABC):
         """Prompts whose attribution is subtracted during latent selection (none by default)."""
         return []
 
-    def select(self, model, sae, samples: Sequence[Sample], *, batch_size: int = 16, control=None):
-        """Latents supporting the behaviour at ``config.site``: a ``SelectionResult``."""
+    def select(self, model, sae, samples: Sequence[Sample], *, batch_size: int = 16, control=None,
+               benign: torch.Tensor | None = None):
+        """Latents supporting the behaviour at ``config.site``: a ``SelectionResult``
+        (``benign`` [batch, pos] tokens measure the latents' density when ``max_density`` is set)."""
         if control is None:
             control = self.control_samples(model.tokenizer, None, 0) if model.tokenizer is not None else []
+        if self.config.max_density is not None and benign is None:
+            raise ToolkitError(f"setting {self.name!r}: max_density is set, so latent selection needs benign tokens")
+        # measured whenever benign text is given, so the chosen latents' density is on record
+        density = None if benign is None else latent_density(model, sae, self.config.site, benign)
         return select_latents(
             model, sae, self.config.site, samples, self.config.n_latents,
             control=control or None, positions=self.config.selection_positions,
-            batch_size=batch_size, score_fn=self.behaviour_score,
+            batch_size=batch_size, score_fn=self.behaviour_score, density=density,
+            max_density=self.config.max_density,
         )
+
+    def choose_clamp(self, model, saes: Mapping[str, Any], samples: Sequence[Sample], *,
+                     benign: torch.Tensor, batch_size: int = 16, control=None) -> ClampChoice:
+        """The plain clamp's latents with their measured suppression on ``samples`` and cost on
+        ``benign``: ``n_latents`` of them, or with ``max_delta_ce`` the searched count."""
+        site = self.config.site
+        if site not in saes:
+            raise unknown_name("SAE site", site, saes.keys(), f"setting {self.name!r}")
+        ranked = self.select(model, saes[site], samples, batch_size=batch_size, control=control, benign=benign)
+        budget = self.config.max_delta_ce
+        counts = (self.config.n_latents,) if budget is None else \
+            tuple(c for c in DEFAULT_COUNTS if c < self.config.n_latents) + (self.config.n_latents,)
+        return search_clamp(model, saes, ranked, samples, benign, max_delta_ce=budget, counts=counts,
+                            score_fn=self.behaviour_score, batch_size=batch_size)
 
     def clamp_config(self, model, sae, samples: Sequence[Sample], *, batch_size: int = 16,
                      control=None) -> ClampConfig:

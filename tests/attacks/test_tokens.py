@@ -10,7 +10,14 @@ from attacks.objectives import LogitDifference
 from attacks.runner import run_cascade
 from attacks.suffix import SuffixSlot
 from attacks.threat import ThreatModel
-from attacks.tokens import TokenConfig, TokenSearch, replay_tokens, retokenizes, suffix_token_ids, token_stages
+from attacks.tokens import (
+    TokenConfig,
+    TokenSearch,
+    replay_tokens,
+    retokenizes,
+    suffix_token_ids,
+    token_stages,
+)
 from guard.clamp import ClampConfig, FeatureClamp
 from guard.errors import ToolkitError
 from tests.helpers import MERGED, WordTokenizer, tiny_model, tiny_sae

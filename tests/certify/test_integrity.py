@@ -79,6 +79,8 @@ def _changed(value):
         return str(value * 2 + 1)
     if isinstance(value, str):
         return value.replace("blocks.6.", "blocks.12.") if "blocks.6." in value else value + "_changed"
+    if value is None:  # an optional number that is off: turn it on
+        return "0.5"
     raise AssertionError(f"no changed value for {value!r}")
 
 
@@ -162,9 +164,10 @@ def test_changed_standard_option_is_refused_before_planning(tmp_path, key, no_pl
     err = _err(capsys)
     assert f"options.{key}:" in err and "different config" in err
     # the same option at its default value is no change: the run goes on to plan
+    default = experiments.suites.OPTION_DEFAULTS[key]
     with pytest.raises(AssertionError, match="planned"):
         main(["run", "--suite", "standard", "--out", str(out), "--option",
-              f"{key}={experiments.suites.OPTION_DEFAULTS[key]}"])
+              f"{key}={'null' if default is None else default}"])
 
 
 def test_changed_default_is_refused_after_planning_before_any_unit(done, capsys):
@@ -453,7 +456,10 @@ def test_provenance_helpers(tmp_path):
     assert git_commit(tmp_path / "missing") is None
     assert set(package_versions()) == {"torch", "transformer-lens", "sae-lens", "numpy", "scipy"}
     prov = build_provenance({"suite": "x", "subject": "s"}, {}, "t0", None, "cpu")
-    assert prov["subject"] == "s" and prov["saes"] is None and prov["finished"] is None
+    assert prov["subject"] == "s" and prov["saes"] is None and prov["finished"] is None and "setup" not in prov
+    measured = build_provenance({"suite": "x"}, {}, "t0", None, "cpu", {"clamp_selection": {"ioi": {"x": 0.5}}})
+    assert measured["setup"] == {"clamp_selection": {"ioi": {"x": 0.5}}}
+    assert measured["fingerprint_sha256"] == prov["fingerprint_sha256"]  # recorded, never compared
     cfg = {"suite": "demo", "out": "a", "alpha": 0.1, "progress": True, "show_completions": True, "budgets": [2, 1],
            "device": "cuda:1", "options": {"unit_delay_s": 1, "steps": 40}}
     assert record_config(cfg, {"steps": 40, "random_samples": 64}, ["unit_delay_s"]) == {

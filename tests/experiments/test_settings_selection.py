@@ -16,10 +16,12 @@ from experiments.settings import (
     score_samples,
     select_latents,
 )
+from experiments.settings.clamp_search import search_clamp
+from experiments.settings.selection import latent_density
 from guard.clamp import ClampConfig, FeatureClamp
 from guard.errors import ToolkitError
 from guard.sae_ops import encode
-from tests.helpers import D_SAE, tiny_model, tiny_sae
+from tests.helpers import D_SAE, tiny_model, tiny_sae, tiny_tokens
 from tests.settings_cases import random_samples
 
 EARLY, LATE = "blocks.0.hook_resid_post", "blocks.1.hook_resid_post"
@@ -113,3 +115,69 @@ def test_setting_builds_its_plain_clamp_and_removes_no_hooks_it_did_not_add():
     assert all(not hp.fwd_hooks for hp in model.hook_dict.values())
     with pytest.raises(ToolkitError, match="SAE site"):
         setting.defense(model, {EARLY: sae}, samples)
+
+
+def test_latent_density_counts_active_tokens_after_position_zero():
+    model, sae = tiny_model(), tiny_sae("jumprelu")
+    tokens = tiny_tokens(batch=4, pos=7, seed=3)
+    density = latent_density(model, sae, EARLY, tokens, batch_size=3)
+    _, cache = model.run_with_cache(tokens, names_filter=EARLY)
+    by_hand = (encode(sae, cache[EARLY][:, 1:]) > 0).double().mean(dim=(0, 1))
+    torch.testing.assert_close(density, by_hand)
+    with pytest.raises(ToolkitError, match="pos >= 2"):
+        latent_density(model, sae, EARLY, tokens[:, :1])
+
+
+def test_density_filter_never_chooses_a_latent_above_it():
+    model, sae = tiny_model(seed=1), tiny_sae("jumprelu", seed=1)
+    samples = random_samples(model, n=8, seed=1)
+    everything = select_latents(model, sae, LATE, samples, k=D_SAE)
+    density = torch.linspace(0.0, 1.0, D_SAE, dtype=torch.float64)
+    cut = float(density[list(everything.features)].median())
+    sparse = select_latents(model, sae, LATE, samples, k=D_SAE, density=density, max_density=cut)
+    assert sparse.features and all(density[i] <= cut for i in sparse.features)
+    # the filter only removes: the kept latents are the unfiltered order minus the dense ones
+    assert sparse.features == tuple(i for i in everything.features if density[i] <= cut)
+    assert sparse.n_dense == len(everything.features) - len(sparse.features) > 0
+    assert sparse.density == tuple(float(density[i]) for i in sparse.features)
+    with pytest.raises(ToolkitError, match="fires on more than"):
+        select_latents(model, sae, LATE, samples, k=3, density=torch.ones(D_SAE), max_density=0.5)
+    with pytest.raises(ToolkitError, match="needs the latents' benign density"):
+        select_latents(model, sae, LATE, samples, k=3, max_density=0.5)
+
+
+def test_clamp_search_takes_the_strongest_clamp_within_the_utility_budget():
+    model, sae = tiny_model(seed=1), tiny_sae("jumprelu", seed=1)
+    samples = random_samples(model, n=12, seed=1)
+    ranked = select_latents(model, sae, LATE, samples, k=D_SAE)
+    benign = tiny_tokens(batch=4, pos=8, seed=2)  # text on which every clamp here costs > 0 nats
+    counts = (1, 2, 4, 8, 16)
+    free = search_clamp(model, {LATE: sae}, ranked, samples, benign, max_delta_ce=None, counts=counts)
+    assert free.meets_budget and free.chosen == free.points[-1] and len(free.selection.features) == free.points[-1].n_latents
+    costs = sorted(p.delta_ce for p in free.points)
+    budget = costs[len(costs) // 2]  # a budget some counts meet and some do not
+    choice = search_clamp(model, {LATE: sae}, ranked, samples, benign, max_delta_ce=budget, counts=counts)
+    within = [p for p in choice.points if p.delta_ce <= budget]
+    assert choice.meets_budget and choice.chosen.delta_ce <= budget
+    assert choice.chosen.suppressed == max(p.suppressed for p in within)
+    assert choice.selection.features == ranked.features[: choice.chosen.n_latents]
+    assert choice.points == free.points  # the same measurements, whatever the budget
+    assert costs[0] > 0
+    impossible = search_clamp(model, {LATE: sae}, ranked, samples, benign, max_delta_ce=costs[0] / 2, counts=counts)
+    assert not impossible.meets_budget and impossible.chosen.delta_ce == costs[0]
+    assert impossible.to_dict()["meets_budget"] is False
+
+
+def test_utility_aware_setting_needs_benign_tokens_and_records_its_choice():
+    model, sae = tiny_model(seed=1), tiny_sae("jumprelu", seed=1)
+    samples = random_samples(model, n=8, seed=1)
+    setting = IOISetting(IOIConfig(site=LATE, n_latents=8, max_density=0.9, max_delta_ce=0.5))
+    with pytest.raises(ToolkitError, match="needs benign tokens"):
+        setting.select(model, sae, samples)
+    choice = setting.choose_clamp(model, {LATE: sae}, samples, benign=tiny_tokens(batch=3, pos=8, seed=4))
+    assert [p.n_latents for p in choice.points] == [4, 8]
+    assert choice.selection.max_density == 0.9 and all(d <= 0.9 for d in choice.selection.density)
+    with pytest.raises(ToolkitError, match="max_density must be in"):
+        IOIConfig(max_density=0.0)
+    with pytest.raises(ToolkitError, match="max_delta_ce must be"):
+        IOIConfig(max_delta_ce=-0.1)

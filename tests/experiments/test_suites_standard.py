@@ -99,6 +99,31 @@ def test_budget_zero_is_always_on_the_grid():
     assert [u.budgets for u in plan.units] == [(0.0, 2.0)]
 
 
+def test_the_clamp_choice_is_on_record_and_the_utility_rule_is_applied():
+    model = tiny_model()
+    saes = {site: tiny_sae("jumprelu", seed=50 + i) for i, site in enumerate(SITES)}
+    pool = random_samples(model, n=12, seed=5)
+
+    def plan_with(*options):
+        config = SuiteConfig(suite="standard", settings=("ioi",), defenses=("clamp",), budgets=(2.0,), n=4,
+                             options=(("n_latents", 6), ("n_select", 8), ("site", SITE), ("steps", 2), *options))
+        return build_plan(config, model, saes, lambda s, k, n: (pool[:k], pool[k : k + n]),
+                          benign=(tiny_tokens(8, 12, seed=1), tiny_tokens(3, 12, seed=2)),
+                          contrast=list(tiny_tokens(6, 5, seed=4)))
+
+    plain = plan_with().provenance["clamp_selection"]["ioi"]
+    assert plain["max_delta_ce"] is None and [p["n_latents"] for p in plain["points"]] == [6]
+    assert len(plain["selection"]["density"]) == len(plain["selection"]["features"])  # measured anyway
+    ruled = plan_with(("max_density", 0.5), ("max_delta_ce", 10.0))
+    choice = ruled.provenance["clamp_selection"]["ioi"]
+    assert [p["n_latents"] for p in choice["points"]] == [4, 6] and choice["meets_budget"]
+    assert all(d <= 0.5 for d in choice["selection"]["density"])
+    assert ruled.fingerprint["selected"]["ioi"] == choice["selection"]["features"]
+    assert any(n.startswith("ioi clamp:") and "<= 0.5 of benign tokens" in n for n in ruled.notes)
+    with pytest.raises(ToolkitError, match="max_density must be in"):
+        plan_with(("max_density", 2.0))
+
+
 def test_bad_options_and_registration():
     model = tiny_model()
     with pytest.raises(ToolkitError):
