@@ -29,7 +29,11 @@ clamp's there, or its detector fired). Utility: ``delta_ce`` per (defense, setti
 
 Options: ``steps`` (steps per cascade stage, 20), ``n_select`` (selection samples, 48), ``n_latents``
 (clamped latents, 32), ``site`` (blocks.6.hook_resid_post), ``attack_batch`` (64 rows: samples x budgets),
-``seq_len`` (benign chunk length, 64).
+``seq_len`` (benign chunk length, 64); utility-aware selection (off unless given):
+``max_density`` (leave out latents active on more than this fraction of benign tokens),
+``max_delta_ce`` (search the clamp's size, at most ``n_latents``, within this many nats on the
+calibration half of the benign text; ``experiments/settings/clamp_search.py``); the suffix
+threats' options are in ``attacks.ladder.SuffixOptions``.
 """
 
 from __future__ import annotations
@@ -176,16 +180,16 @@ def build_world(model, saes: Mapping[str, object], setting_name: str, select: Se
     if site not in saes:
         raise ToolkitError(f"standard suite: no SAE at site {site!r}; the subject has SAEs at {sorted(saes)} "
                            "(choose one with --option site=...)")
-    setting = get_setting(setting_name, site=site, n_latents=n_latents, **(selection_rule or {}))
-    choice = setting.choose_clamp(model, saes, list(select), benign=calib_tokens, batch_size=batch_size)
-    selection = choice.selection
-    features = {site: selection.features}
-    behaviour = [torch.tensor(s.tokens) for s in select]
     start = time.perf_counter()
 
     def log(what: str) -> None:
         print(f"[standard] {setting_name}: {what} ({time.perf_counter() - start:.0f} s)", file=sys.stderr, flush=True)
 
+    setting = get_setting(setting_name, site=site, n_latents=n_latents, **(selection_rule or {}))
+    choice = setting.choose_clamp(model, saes, list(select), benign=calib_tokens, batch_size=batch_size)
+    selection = choice.selection
+    features = {site: selection.features}
+    behaviour = [torch.tensor(s.tokens) for s in select]
     log(f"clamp of {len(selection.features)} latents at {site} selected: suppresses {choice.chosen.suppressed}/"
         f"{choice.chosen.n_present} selection samples at {choice.chosen.delta_ce:+.3f} nats on calibration text"
         + ("" if choice.meets_budget else f" (no count meets the budget of {choice.max_delta_ce} nats)"))
