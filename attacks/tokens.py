@@ -111,8 +111,11 @@ def suffix_token_ids(model, batch: AttackBatch, perturbation: Perturbation) -> t
     embed(token) + delta, bool [batch]: whether every perturbed position is a token exactly)."""
     table = embedding_table(model).to(perturbation.delta.dtype)
     target = table[batch.tokens] + perturbation.delta
-    dist = torch.cdist(target[perturbation.mask], table)
-    near, idx = dist.min(dim=1)
+    points = target[perturbation.mask]
+    idx = torch.cdist(points, table).argmin(dim=1)
+    # cdist's matrix-product form loses ~sqrt(eps) x the norm to cancellation (a large embedding then
+    # looks like no token): the exactness test uses the direct distance to the nearest token
+    near = (points - table[idx]).norm(dim=-1)
     ids = batch.tokens.clone()
     ids[perturbation.mask] = idx
     off = (near > 1e-3 * table.norm(dim=-1).mean()).to(torch.long)  # a position that is no token
