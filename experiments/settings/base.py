@@ -120,7 +120,7 @@ class Setting(ABC):
     def select(self, model, sae, samples: Sequence[Sample], *, batch_size: int = 16, control=None,
                benign: torch.Tensor | None = None):
         """Latents supporting the behaviour at ``config.site``: a ``SelectionResult``
-        (``benign`` [batch, pos] tokens measure the latents' density when ``max_density`` is set)."""
+        (``benign`` [batch, pos] tokens measure the latents' density; ``max_density`` needs them)."""
         if control is None:
             control = self.control_samples(model.tokenizer, None, 0) if model.tokenizer is not None else []
         if self.config.max_density is not None and benign is None:
