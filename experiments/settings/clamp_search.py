@@ -20,9 +20,9 @@ from typing import Any
 
 import torch
 
-from experiments.settings.sample import Sample, behaviour_score
+from experiments.settings.sample import Sample, behaviour_score, present
 from experiments.settings.selection import ScoreFn, SelectionResult
-from experiments.settings.validity import validity
+from experiments.settings.validity import score_samples
 from guard.clamp import ClampConfig, FeatureClamp
 from guard.errors import ToolkitError
 from guard.utility import measure_utility_many
@@ -72,10 +72,11 @@ def search_clamp(model, saes: Mapping[str, object], ranked: SelectionResult, sam
     sizes = sorted({min(int(c), len(ranked.features)) for c in counts})
     clamps = {c: FeatureClamp(ClampConfig(features={ranked.site: ranked.features[:c]}), saes) for c in sizes}
     cost = measure_utility_many(model, clamps, benign)
+    shown = present(score_samples(model, samples, batch_size=batch_size, score_fn=score_fn))  # once, undefended
     points = []
     for c, clamp in clamps.items():
-        v = validity(model, clamp, samples, batch_size=batch_size, score_fn=score_fn)
-        points.append(ClampPoint(c, v.n_valid, v.n_present, cost[c].delta_ce))
+        gone = ~present(score_samples(model, samples, defense=clamp, batch_size=batch_size, score_fn=score_fn))
+        points.append(ClampPoint(c, int((shown & gone).sum()), int(shown.sum()), cost[c].delta_ce))
     if max_delta_ce is None:
         return ClampChoice(ranked.top(points[-1].n_latents), points[-1], tuple(points), None, True)
     within = [p for p in points if p.delta_ce <= max_delta_ce]

@@ -33,6 +33,7 @@ import torch
 
 from experiments.settings.batch import Batch, batches, final_logits
 from experiments.settings.sample import POSITIONS, Sample, behaviour_score
+from guard.calibration import collect_resid
 from guard.clamp import ClampConfig
 from guard.errors import ToolkitError, unknown_name
 from guard.sae_ops import check_activations, encode, reconstruct
@@ -119,22 +120,12 @@ def latent_attribution(
 def latent_density(model, sae, site: str, tokens: torch.Tensor, *, batch_size: int = 8) -> torch.Tensor:
     """[d_sae] float64: the fraction of tokens of ``tokens`` [batch, pos] (benign text, position 0 of
     each row left out) on which each latent at ``site`` is active (> 0)."""
-    if site not in model.hook_dict:
-        raise unknown_name("hook name", site, model.hook_dict.keys(), "latent density")
     if tokens.ndim != 2 or tokens.shape[1] < 2:
         raise ToolkitError(f"latent density at {site!r}: tokens must be [batch, pos >= 2], got {tuple(tokens.shape)}")
-    layer = int(site.split(".")[1]) + 1 if site.startswith("blocks.") else None
-    state: dict[str, torch.Tensor] = {}
-
-    def grab(resid: torch.Tensor, hook) -> None:
-        state["resid"] = resid
-
-    active = torch.zeros(int(sae.cfg.d_sae), dtype=torch.float64)
-    for chunk in tokens.to(model.cfg.device).split(batch_size):
-        model.run_with_hooks(chunk, fwd_hooks=[(site, grab)], stop_at_layer=layer, return_type=None)
-        check_activations(state["resid"], sae, defense="latent density", site=site)
-        active += (encode(sae, state["resid"][:, 1:]) > 0).sum(dim=(0, 1)).double().cpu()
-    return active / (tokens.shape[0] * (tokens.shape[1] - 1))
+    resid = collect_resid(model, tokens, [site], sink_ratio=None, batch_size=batch_size)[site]  # [n, d_model]
+    check_activations(resid, sae, defense="latent density", site=site)
+    active = sum((encode(sae, chunk.to(sae.W_enc)) > 0).sum(dim=0).double().cpu() for chunk in resid.split(4096))
+    return active / resid.shape[0]
 
 
 def select_latents(
