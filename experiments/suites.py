@@ -117,7 +117,6 @@ class SettingWorld:
 
     setting: str
     site: str
-    features: tuple[int, ...]
     evaluate: list[Sample]
     defenses: dict[str, Defense]
     utility: dict[str, float]
@@ -126,6 +125,11 @@ class SettingWorld:
     scores: dict[tuple[str, str], tuple[tuple[float, ...], tuple[float, ...]]]
     suffix: SuffixOptions
     choice: ClampChoice  # how the clamp was chosen: its latents' density, suppression and cost
+
+    @property
+    def features(self) -> tuple[int, ...]:
+        """The clamp's latents at ``site``."""
+        return self.choice.selection.features
 
 
 def benign_tokens(model, seq_len: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -187,12 +191,9 @@ def build_world(model, saes: Mapping[str, object], setting_name: str, select: Se
 
     setting = get_setting(setting_name, site=site, n_latents=n_latents, **(selection_rule or {}))
     choice = setting.choose_clamp(model, saes, list(select), benign=calib_tokens, batch_size=batch_size)
-    selection = choice.selection
-    features = {site: selection.features}
+    features = {site: choice.selection.features}
     behaviour = [torch.tensor(s.tokens) for s in select]
-    log(f"clamp of {len(selection.features)} latents at {site} selected: suppresses {choice.chosen.suppressed}/"
-        f"{choice.chosen.n_present} selection samples at {choice.chosen.delta_ce:+.3f} nats on calibration text"
-        + ("" if choice.meets_budget else f" (no count meets the budget of {choice.max_delta_ce} nats)"))
+    log(clamp_note(setting_name, choice))
     # the residual-aware defenses act at the clamp's site, so their benign statistics (an MVEE fit per
     # site is the slow one) and the direction are fitted there alone; a closed loop still sees every SAE
     with tempfile.TemporaryDirectory() as tmp:
@@ -209,8 +210,7 @@ def build_world(model, saes: Mapping[str, object], setting_name: str, select: Se
             valid[(name, threat)], scores[(name, threat)] = v.valid, (v.score_undefended, v.score_defended)
     log("validity: " + ", ".join(f"{name} {sum(v)}/{len(v)}" + ("" if t == "residual" else f" ({t})")
                                  for (name, t), v in valid.items()))
-    return SettingWorld(setting_name, site, selection.features, list(evaluate), defenses, utility, inputs, valid,
-                        scores, suffix, choice)
+    return SettingWorld(setting_name, site, list(evaluate), defenses, utility, inputs, valid, scores, suffix, choice)
 
 
 @torch.no_grad()
@@ -281,9 +281,9 @@ def evaluate_unit(world: SettingWorld, unit: StandardUnit, model, *, attack_batc
     return [r.to_dict() for r in records]
 
 
-def clamp_note(world: SettingWorld) -> str:
+def clamp_note(setting: str, choice: ClampChoice) -> str:
     """How the setting's clamp was chosen, in one line: its rule, density, suppression and cost."""
-    choice, selection = world.choice, world.choice.selection
+    selection = choice.selection
     rule = []
     if selection.max_density is not None:
         rule.append(f"latents active on <= {selection.max_density:g} of benign tokens ({selection.n_dense} denser "
@@ -293,7 +293,7 @@ def clamp_note(world: SettingWorld) -> str:
         rule.append(f"count searched within {choice.max_delta_ce:g} nats ({tried})"
                     + ("" if choice.meets_budget else "; NO count meets the budget, the cheapest is used"))
     dense = sum(d > 0.02 for d in selection.density)
-    return (f"{world.setting} clamp: {len(selection.features)} latents; {'; '.join(rule) or 'no utility rule'}; "
+    return (f"{setting} clamp: {len(selection.features)} latents at {selection.site}; {'; '.join(rule) or 'no utility rule'}; "
             f"{dense} of them active on > 2% of benign tokens; suppresses {choice.chosen.suppressed}/"
             f"{choice.chosen.n_present} selection samples at {choice.chosen.delta_ce:+.3f} nats on calibration text.")
 
@@ -383,7 +383,7 @@ def build_plan(config: SuiteConfig, model, saes: Mapping[str, object],
         f"standard suite: plain clamp of {opts['n_latents']} attribution-selected latents at {opts['site']} "
         f"(selected on {opts['n_select']} samples kept apart from the {config.n} evaluated per setting); "
         "residual-aware defenses at guard's default settings, composed with the same clamp.",
-        *(clamp_note(worlds[s]) for s in config.settings),
+        *(clamp_note(s, worlds[s].choice) for s in config.settings),
         f"attack: the cascade of attacks.runner ({', '.join(STAGE_NAMES)}; {opts['steps']} steps per stage, "
         "3x for long), each stage only on samples still defended, at the last prompt position, relative L2 "
         "budget, encoder-orthogonal (none where a defense pins no latent at the site), defense inside the loop; "
