@@ -10,7 +10,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from guard import clamp, closed_loop, direction, ellipsoid, error_norm, monitor, splice, subspace
+from guard import clamp, closed_loop, direction, ellipsoid, error_norm, gated_clamp, monitor, splice, subspace
 from guard.base import Defense, DefenseConfig
 from guard.calibration import Calibration
 from guard.errors import ToolkitError
@@ -66,5 +66,5 @@ def build_defaults(names: Sequence[str], saes: Mapping[str, object], features: F
     return out
 
 
-for _module in (clamp, splice, error_norm, subspace, ellipsoid, closed_loop, monitor, direction):
+for _module in (clamp, gated_clamp, splice, error_norm, subspace, ellipsoid, closed_loop, monitor, direction):
     register_defense(_module.SPEC)

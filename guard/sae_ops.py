@@ -56,6 +56,11 @@ def straight_through() -> Iterator[None]:
         _STRAIGHT_THROUGH.reset(token)
 
 
+def straight_through_active() -> bool:
+    """Whether the caller is inside ``straight_through()`` (a gate's surrogate gradient reads this too)."""
+    return _STRAIGHT_THROUGH.get()
+
+
 def encode(sae, resid: torch.Tensor) -> torch.Tensor:
     """Latent activations [.., d_sae]; differentiable (straight-through for inactive latents inside
     ``straight_through()``)."""

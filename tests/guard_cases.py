@@ -14,6 +14,7 @@ from guard.clamp import ClampConfig
 from guard.closed_loop import ClosedLoopConfig
 from guard.direction import DirectionConfig
 from guard.ellipsoid import EllipsoidConfig
+from guard.gated_clamp import GatedClampConfig
 from guard.error_norm import ErrorNormConfig
 from guard.monitor import ErrorMonitorConfig
 from guard.registry import DEFENSES, build_defense
@@ -30,6 +31,7 @@ def identity_configs() -> dict:
     empty = {s: () for s in SITES}
     return {
         "clamp": ClampConfig(features=FEATURES, mode="multiply", value=1.0),
+        "gated_clamp": GatedClampConfig(features=FEATURES, threshold_scale=1e6),
         "splice": SpliceConfig(features=empty, error_scale=1.0),
         "error_norm": ErrorNormConfig(features=empty, threshold_scale=1e6),
         "error_subspace": ErrorSubspaceConfig(features=empty, rank=D_MODEL, remove_behaviour=False),
