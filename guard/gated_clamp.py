@@ -24,9 +24,9 @@ lowering the gate score switches the clamp off. Inside ``guard.sae_ops.straight_
 forward values never change.
 
 Measured on the subject at blocks.6 (README): the default gate, the clamp's own latents, fires
-on position 0 and on sink-like tokens (residual aligned with position 0's) at norms below the
-sink ratio, where those latents are largest; its suppression and its cost there come from
-editing those tokens. A gate that selects the behaviour needs latents chosen for it (``gate``).
+on position 0 of most chunks (below the sink ratio there) and on tokens whose residual is
+aligned with position 0's, where those dense latents are largest; with those tokens spared it
+suppresses nothing. A gate that selects the behaviour needs latents chosen for it (``gate``).
 
 Threat model: none (a defense). Shapes: resid [batch, pos, d_model].
 
