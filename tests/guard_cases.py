@@ -14,8 +14,8 @@ from guard.clamp import ClampConfig
 from guard.closed_loop import ClosedLoopConfig
 from guard.direction import DirectionConfig
 from guard.ellipsoid import EllipsoidConfig
-from guard.gated_clamp import GatedClampConfig
 from guard.error_norm import ErrorNormConfig
+from guard.gated_clamp import GatedClampConfig
 from guard.monitor import ErrorMonitorConfig
 from guard.registry import DEFENSES, build_defense
 from guard.splice import SpliceConfig
