@@ -64,10 +64,9 @@ class GateCalibration(Calibration):
         return float(torch.quantile(self.scores[site].to(torch.float64), 1.0 - benign_rate))
 
 
-def gate_scores(sae, resid: torch.Tensor, gate: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
-    """``max_i z_i / c_i`` over the gate latents: [..., d_model] -> [...]."""
-    z = encode(sae, resid)[..., gate]
-    return (z / scales.to(z.dtype)).amax(dim=-1)
+def gate_scores(gate_acts: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
+    """``max_i z_i / c_i``: the gate latents' activations [..., |G|] -> [...]."""
+    return (gate_acts / scales.to(gate_acts.dtype)).amax(dim=-1)
 
 
 @torch.no_grad()
@@ -93,7 +92,7 @@ def calibrate_gate(saes: Mapping[str, object], benign_resid: Mapping[str, torch.
         active = z > 0
         mean_active = z.sum(0) / active.sum(0).clamp_min(1)
         scales[site] = torch.where(active.any(0), mean_active, torch.ones_like(mean_active)).float()
-        scores[site] = (z / scales[site].double()).amax(dim=-1).sort().values.float()
+        scores[site] = gate_scores(z, scales[site]).sort().values.float()
     return GateCalibration(scales=scales, scores=scores, gate={s: list(v) for s, v in gate.items()})
 
 
@@ -148,10 +147,12 @@ class GatedClamp(FeatureClamp):
                      for s, ids in wanted.items()}
         self.thresholds = {s: config.threshold_scale * calib.threshold(s, config.benign_rate) for s in self.sites}
 
-    def gate_open(self, resid: torch.Tensor, site: str) -> torch.Tensor:
+    def gate_open(self, resid: torch.Tensor, site: str, feature_acts: torch.Tensor | None = None) -> torch.Tensor:
         """The gate [batch, pos] in resid's dtype: 1 where it fires, 0 elsewhere (straight-through
-        sigmoid gradient inside ``straight_through()``)."""
-        scores = gate_scores(self.saes[site], resid, self.gate[site], self.calibration.scales[site])
+        sigmoid gradient inside ``straight_through()``). ``feature_acts``: ``encode(resid)`` if known."""
+        if feature_acts is None:
+            feature_acts = encode(self.saes[site], resid)
+        scores = gate_scores(feature_acts[..., self.gate[site]], self.calibration.scales[site])
         tau = self.thresholds[site]
         hard = (scores.detach() > tau).to(resid.dtype)
         if not (straight_through_active() and scores.requires_grad):
@@ -162,9 +163,10 @@ class GatedClamp(FeatureClamp):
     def edit(self, resid: torch.Tensor, site: str) -> torch.Tensor:
         sae, feats = self.saes[site], self.features[site]
         check_activations(resid, sae, defense=self.name, site=site)
-        change = clamp_delta(sae, feats, encode(sae, resid), self.config).to(resid.dtype)
+        feature_acts = encode(sae, resid)  # one encode serves the clamp and its gate
+        change = clamp_delta(sae, feats, feature_acts, self.config).to(resid.dtype)
         keep = (~sink_mask(resid, self.config.sink_ratio)).to(resid.dtype)
-        return resid + change * (self.gate_open(resid, site) * keep)[..., None]
+        return resid + change * (self.gate_open(resid, site, feature_acts) * keep)[..., None]
 
 
 def _calibrate(data: CalibrationData) -> GateCalibration:

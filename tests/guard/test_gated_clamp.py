@@ -9,7 +9,7 @@ import torch
 from guard.clamp import ClampConfig, FeatureClamp
 from guard.errors import ToolkitError
 from guard.gated_clamp import GatedClamp, GatedClampConfig, calibrate_gate, gate_scores
-from guard.sae_ops import straight_through
+from guard.sae_ops import encode, straight_through
 from tests.guard_cases import FEATURES, SITES, benign_data
 from tests.helpers import tiny_sae
 
@@ -58,7 +58,7 @@ def test_a_separate_gate_decides_where_the_clamp_acts(saes):
     calib = calibrate_gate(saes, benign_data(n=2000, seed=3), gate)
     defense = GatedClamp(GatedClampConfig(features={SITE: FEATURES[SITE]}, gate=gate, benign_rate=0.3), saes, calib)
     resid = benign_data(n=60, seed=5)[SITE][None]
-    expected = gate_scores(saes[SITE], resid, torch.tensor(gate[SITE]), calib.scales[SITE]) > defense.thresholds[SITE]
+    expected = gate_scores(encode(saes[SITE], resid)[..., list(gate[SITE])], calib.scales[SITE]) > defense.thresholds[SITE]
     assert torch.equal(defense.gate_open(resid, SITE).bool(), expected)
 
 
@@ -69,7 +69,7 @@ def test_the_attacker_sees_the_surrogate_gate_gradient_only_inside_straight_thro
     assert not defense_64.gate_open(resid, SITE).requires_grad  # exact gate: piecewise constant
     with straight_through():
         gate = defense_64.gate_open(resid, SITE)
-        scores = gate_scores(defense_64.saes[SITE], resid, defense_64.gate[SITE], calib.scales[SITE])
+        scores = gate_scores(encode(defense_64.saes[SITE], resid)[..., defense_64.gate[SITE]], calib.scales[SITE])
         surrogate = torch.sigmoid((scores - defense_64.thresholds[SITE]) / 0.7)
         weights = torch.randn(gate.shape, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
         (got,) = torch.autograd.grad((gate * weights).sum(), resid, retain_graph=True)
