@@ -45,20 +45,26 @@ RECORDS_FILE = "records.jsonl"
 OUTPUT_FILES = ("table.md", "flags.json", "bypass_vs_budget.png", "utility_vs_bypass.png", "report.html")
 
 
-def _utility_to_json(utility: Mapping[Any, float | None]) -> list[dict[str, Any]]:
+def _utility_to_json(utility: Mapping[Any, float | Mapping[str, Any] | None]) -> list[dict[str, Any]]:
+    """One row per (defense, setting): its delta_ce, or every utility number it has."""
     out = []
     for key, value in utility.items():
         defense, setting = (key if isinstance(key, tuple) else (key, None))
-        out.append({"defense": defense, "setting": setting, "delta_ce": value})
+        numbers = dict(value) if isinstance(value, Mapping) else {"delta_ce": value}
+        out.append({"defense": defense, "setting": setting, **numbers})
     return out
 
 
-def _utility_from_json(items: Sequence[dict[str, Any]]) -> dict[Any, float | None]:
-    return {(i["defense"], i["setting"]) if i.get("setting") is not None else i["defense"]: i["delta_ce"]
-            for i in items}
+def _utility_from_json(items: Sequence[dict[str, Any]]) -> dict[Any, float | dict[str, Any] | None]:
+    out: dict[Any, float | dict[str, Any] | None] = {}
+    for item in items:
+        key = (item["defense"], item["setting"]) if item.get("setting") is not None else item["defense"]
+        numbers = {k: v for k, v in item.items() if k not in ("defense", "setting")}
+        out[key] = numbers if set(numbers) - {"delta_ce"} else numbers.get("delta_ce")
+    return out
 
 
-def write_outputs(out: Path, records: list[dict[str, Any]], *, utility: Mapping[Any, float | None],
+def write_outputs(out: Path, records: list[dict[str, Any]], *, utility: Mapping[Any, Any],
                   reference: str | None, alpha: float, notes: Sequence[str] = (),
                   config: Mapping[str, Any] | None = None, show_completions: bool = False,
                   run_info: Mapping[str, Any] | None = None,

@@ -372,15 +372,22 @@ def show_threats(rows: Iterable[SummaryRow]) -> bool:
     return any(r.threat != DEFAULT_THREAT for r in rows)
 
 
+def other_utility(row: SummaryRow) -> str:
+    """The row's utility numbers besides delta_ce, as ``name value`` pairs ("-" when none)."""
+    other = {k: v for k, v in row.utility.items() if k != "delta_ce"}
+    return ", ".join(f"{k} {_fmt(v)}" for k, v in other.items()) or "-"
+
+
 def markdown_table(rows: Iterable[SummaryRow], alpha: float | None = None) -> str:
     """A GitHub-markdown table of the rows (rates with exact intervals, McNemar p raw and
     Holm-adjusted, drift, utility). The interval's level is the rows' alpha (or ``alpha``)."""
     rows = list(rows)
     level = confidence_label(rows_alpha(rows, alpha))
     threats = show_threats(rows)
+    others = any(set(r.utility) - {"delta_ce"} for r in rows)
     header = ("| setting | defense | " + ("threat | " if threats else "")
               + f"budget | valid | recovered | rate [{level} CI] | McNemar p vs ref | Holm p "
-              "| drift med / max | delta CE |")
+              "| drift med / max | delta CE |" + (" other utility |" if others else ""))
     lines = [header, "|" + "---|" * (header.count("|") - 1)]
     for r in rows:
         rate = "abstain (n=0)" if r.rate is None else f"{r.rate:.3f} [{r.ci_low:.3f}, {r.ci_high:.3f}]"
@@ -391,5 +398,6 @@ def markdown_table(rows: Iterable[SummaryRow], alpha: float | None = None) -> st
             f"| {r.setting} | {r.defense} | " + (f"{r.threat} | " if threats else "")
             + f"{r.budget:g} | {r.n_valid} | {r.k_recovered} | {rate} | {p} | {_fmt(r.p_holm)} "
             f"| {_fmt(r.drift_median)} / {_fmt(r.drift_max)} | {_fmt(r.delta_ce)} |"
+            + (f" {other_utility(r)} |" if others else "")
         )
     return "\n".join(lines)

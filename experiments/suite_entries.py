@@ -15,6 +15,6 @@ FULL = Suite("full", "experiments.suites:build_standard",
 # the threat ladder (attacks.ladder) on three defenses: plain clamp, a splice and the error monitor
 THREATS = Suite("threats", "experiments.suites:build_standard",
                 "the threat ladder (residual, embedding, tokens) on IOI + recall: clamp, splice, error monitor",
-                defaults={"threats": ("residual", "embedding", "tokens"),
+                defaults={"threats": ("residual", "embedding", "tokens"), "settings": ("ioi", "recall"),
                           "defenses": ("clamp", "splice", "error_monitor")},
                 option_defaults="experiments.suites:OPTION_DEFAULTS")

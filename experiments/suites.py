@@ -1,12 +1,12 @@
-"""The ``standard`` certify suite: every buildable registered defense, IOI and recall, on the subject.
+"""The ``standard`` certify suite: every buildable registered defense, per setting, on the subject.
 
 What it is: the adaptive evaluation of guard's defenses on the embedded subject
 (SmolLM2-135M-Instruct + shipped SAEs). Per setting, the plain clamp ("clamp", the
 reference) is selected by attribution (experiments/settings/selection.py) on a selection
 split of samples kept apart from the evaluated ones; every residual-aware defense of
 ``guard.registry`` is built at its spec's default settings (``guard.spec.DefenseSpec.default``)
-*composed with that same clamp* (its ``features``), calibrated on benign activations from
-the built-in benign text (``experiments.utility.builtin_text``; half the chunks calibrate, the
+*composed with that same clamp* (its ``features``, ``mode`` and ``value``), calibrated on benign
+activations from the built-in benign text (``experiments.utility.builtin_text``; half the chunks calibrate, the
 other half measure utility). Direction-based calibrations (direction ablation, the error
 subspace's behaviour directions, the closed-loop echo) use the setting's selection prompts
 as the behaviour side and guard's harmless requests (``guard.texts.CONTRAST_REQUESTS``) as
@@ -24,16 +24,19 @@ score in the attacker's loss.
 Records are ``certify.outcomes.SampleRecord``: one per invalid sample (``attack`` "-") and
 one per attacked valid sample (the cascade's outcome, with ``stage``, ``grad_norm`` and
 ``binds``: whether the defense's score at the attacked input differs from the plain
-clamp's there, or its detector fired). Utility: ``delta_ce`` per (defense, setting) from
-``guard.utility.measure_utility_many``.
+clamp's there, or its detector fired). Utility per (defense, setting): ``delta_ce`` from
+``guard.utility.measure_utility_many`` on the held-out benign half, and the setting's own
+fields (``Setting.utility_fields``: unlearning's retain accuracy and its drop).
 
-Options: ``steps`` (steps per cascade stage, 20), ``n_select`` (selection samples, 48), ``n_latents``
-(clamped latents, 32), ``site`` (blocks.6.hook_resid_post), ``attack_batch`` (64 rows: samples x budgets),
-``seq_len`` (benign chunk length, 64); utility-aware selection (off unless given):
-``max_density`` (leave out latents active on more than this fraction of benign tokens),
-``max_delta_ce`` (search the clamp's size, at most ``n_latents``, within this many nats on the
-calibration half of the benign text; ``experiments/settings/clamp_search.py``); the suffix
-threats' options are in ``attacks.ladder.SuffixOptions``.
+Options: ``steps`` (steps per cascade stage, 20), ``n_select`` (selection samples, 48),
+``attack_batch`` (64 rows: samples x budgets), ``seq_len`` (benign chunk length, 64). The clamp
+options are each setting's own (its config, with ``SETTING_DEFAULTS``: IOI and recall clamp 32
+latents at blocks.6, unlearning searches its clamp within its own utility budget) unless given:
+``site``, ``n_latents`` (at most this many with a budget), ``max_density`` (leave out latents
+active on more than this fraction of benign tokens), ``max_delta_ce`` (search the clamp's size
+within this many nats on the calibration half of the benign text;
+``experiments/settings/clamp_search.py``). The suffix threats' options are in
+``attacks.ladder.SuffixOptions``.
 """
 
 from __future__ import annotations
@@ -80,11 +83,17 @@ SUBJECT_NAME = "SmolLM2-135M-Instruct + shipped SAEs"
 # the checks this suite's records must let run (an inapplicable one is an error, not silence)
 REQUIRED_CHECKS = ("zero_gradient", "not_monotone_in_budget", "recovered_at_zero_budget", "random_beats_optimiser",
                    "verification_disagrees", "inactive_defense")
-DEFAULTS = {"settings": ("ioi", "recall"), "budgets": (0.0, 0.02, 0.05, 0.2), "n": 24, "threats": ("residual",)}
-OPTION_DEFAULTS = {"steps": 20, "n_select": 48, "n_latents": 32, "site": "blocks.6.hook_resid_post",
+DEFAULTS = {"settings": ("ioi", "recall", "unlearning"), "budgets": (0.0, 0.02, 0.05, 0.2), "n": 24,
+            "threats": ("residual",)}
+# the clamp options (CLAMP_OPTIONS) are the setting's own unless given; "", 0 and None stand for "its own"
+OPTION_DEFAULTS = {"steps": 20, "n_select": 48, "n_latents": 0, "site": "",
                    "attack_batch": 64, "seq_len": 64, "suffix_tokens": 10, "embedding_budget": 1.0,
                    "token_steps": 10, "token_candidates": 32, "token_top_k": 64, "max_density": None,
                    "max_delta_ce": None}
+CLAMP_OPTIONS = ("site", "n_latents", "max_density", "max_delta_ce")
+# the suite's clamp where it differs from the setting config's default (the subject's blocks.6 SAE)
+SETTING_DEFAULTS = {"ioi": {"site": "blocks.6.hook_resid_post", "n_latents": 32},
+                    "recall": {"site": "blocks.6.hook_resid_post", "n_latents": 32}}
 PLACEHOLDERS = (" x", "x", "!")  # the suffix's starting token: the first of these that is one token
 
 
@@ -119,7 +128,7 @@ class SettingWorld:
     site: str
     evaluate: list[Sample]
     defenses: dict[str, Defense]
-    utility: dict[str, float]
+    utility: dict[str, dict[str, float]]  # per defense: delta_ce and the setting's own utility fields
     inputs: dict[str, list[Sample]]
     valid: dict[tuple[str, str], tuple[bool, ...]]
     scores: dict[tuple[str, str], tuple[tuple[float, ...], tuple[float, ...]]]
@@ -161,9 +170,12 @@ def suffix_options(opts: Mapping[str, Any], placeholder: int = 0) -> SuffixOptio
                          candidates=int(opts["token_candidates"]), top_k=int(opts["token_top_k"]))
 
 
-def selection_rule(opts: Mapping[str, Any]) -> dict[str, float]:
-    """The utility-aware selection options that are on (``experiments.settings.SettingConfig``)."""
-    return {key: float(opts[key]) for key in ("max_density", "max_delta_ce") if opts[key] is not None}
+def setting_overrides(setting: str, opts: Mapping[str, Any]) -> dict[str, Any]:
+    """The setting's config options in this suite: ``SETTING_DEFAULTS``, then the clamp options given
+    (an option at its default, "", 0 or None, leaves the setting's own)."""
+    out = dict(SETTING_DEFAULTS.get(setting, {}))
+    out.update({key: opts[key] for key in CLAMP_OPTIONS if opts[key] not in (None, "", 0)})
+    return out
 
 
 def threat_inputs(samples: Sequence[Sample], threat: str, suffix: SuffixOptions) -> list[Sample]:
@@ -174,13 +186,16 @@ def threat_inputs(samples: Sequence[Sample], threat: str, suffix: SuffixOptions)
 
 
 def build_world(model, saes: Mapping[str, object], setting_name: str, select: Sequence[Sample],
-                evaluate: Sequence[Sample], defense_names: Sequence[str], *, site: str, n_latents: int,
-                calib_tokens: torch.Tensor, eval_tokens: torch.Tensor, contrast: Sequence[torch.Tensor],
+                evaluate: Sequence[Sample], defense_names: Sequence[str], *, calib_tokens: torch.Tensor,
+                eval_tokens: torch.Tensor, contrast: Sequence[torch.Tensor],
                 threats: Sequence[str] = ("residual",), suffix: SuffixOptions | None = None,
-                selection_rule: Mapping[str, Any] | None = None, batch_size: int = 16) -> SettingWorld:
-    """Select the clamp, calibrate and build every named defense, measure utility, and validity per threat
-    (on the input the threat starts from, so budget 0 is the validated input on every rung)."""
+                overrides: Mapping[str, Any] | None = None, batch_size: int = 16) -> SettingWorld:
+    """Select the clamp (the setting's config with ``overrides``), calibrate and build every named defense
+    composed with it, measure utility, and validity per threat (on the input the threat starts from, so
+    budget 0 is the validated input on every rung)."""
     suffix = suffix or SuffixOptions()
+    setting = get_setting(setting_name, **(overrides or {}))
+    site = setting.config.site
     if site not in saes:
         raise ToolkitError(f"standard suite: no SAE at site {site!r}; the subject has SAEs at {sorted(saes)} "
                            "(choose one with --option site=...)")
@@ -189,18 +204,19 @@ def build_world(model, saes: Mapping[str, object], setting_name: str, select: Se
     def log(what: str) -> None:
         print(f"[standard] {setting_name}: {what} ({time.perf_counter() - start:.0f} s)", file=sys.stderr, flush=True)
 
-    setting = get_setting(setting_name, site=site, n_latents=n_latents, **(selection_rule or {}))
     choice = setting.choose_clamp(model, saes, list(select), benign=calib_tokens, batch_size=batch_size)
     features = {site: choice.selection.features}
     behaviour = [torch.tensor(s.tokens) for s in select]
     log(clamp_note(setting_name, choice))
     # the residual-aware defenses act at the clamp's site, so their benign statistics (an MVEE fit per
     # site is the slow one) and the direction are fitted there alone; a closed loop still sees every SAE
+    clamp = choice.clamp_options()  # every defense edits the clamp's latents as the clamp does
     with tempfile.TemporaryDirectory() as tmp:
         defenses = build_defaults(defense_names, saes, features, (site,), tmp, lambda: CalibrationData.collect(
-            model, saes, (site,), calib_tokens, behaviour, list(contrast), features))
+            model, saes, (site,), calib_tokens, behaviour, list(contrast), features, clamp=clamp), clamp=clamp)
     log(f"calibrated and built {', '.join(defenses)}")
-    utility = {name: r.delta_ce for name, r in measure_utility_many(model, defenses, eval_tokens).items()}
+    utility = {name: {"delta_ce": r.delta_ce, **setting.utility_fields(model, defenses[name])}
+               for name, r in measure_utility_many(model, defenses, eval_tokens).items()}
     log(f"utility of {len(defenses)} defenses on {tuple(eval_tokens.shape)} benign tokens")
     inputs = {t: threat_inputs(evaluate, t, suffix) for t in threats}
     valid, scores = {}, {}
@@ -283,19 +299,25 @@ def evaluate_unit(world: SettingWorld, unit: StandardUnit, model, *, attack_batc
 
 def clamp_note(setting: str, choice: ClampChoice) -> str:
     """How the setting's clamp was chosen, in one line: its rule, density, suppression and cost."""
-    selection = choice.selection
+    selection, chosen = choice.selection, choice.chosen
     rule = []
     if selection.max_density is not None:
         rule.append(f"latents active on <= {selection.max_density:g} of benign tokens ({selection.n_dense} denser "
                     "ones left out)")
-    if choice.max_delta_ce is not None:
-        tried = ", ".join(f"{p.n_latents}: {p.suppressed}/{p.n_present} at {p.delta_ce:+.3f}" for p in choice.points)
-        rule.append(f"count searched within {choice.max_delta_ce:g} nats ({tried})"
-                    + ("" if choice.meets_budget else "; NO count meets the budget, the cheapest is used"))
+    if choice.max_delta_ce is not None or choice.max_retain_drop is not None:
+        limits = " and ".join(([f"{choice.max_delta_ce:g} nats"] if choice.max_delta_ce is not None else [])
+                              + ([f"a retain drop of {choice.max_retain_drop:g}"]
+                                 if choice.max_retain_drop is not None else []))
+        tried = ", ".join(f"{p.n_latents}x{p.value:g}: {p.suppressed}/{p.n_present} at {p.delta_ce:+.3f}"
+                          + ("" if p.retain_drop is None else f" retain -{p.retain_drop:.2f}") for p in choice.points)
+        rule.append(f"count and value searched within {limits} ({tried})"
+                    + ("" if choice.meets_budget else "; NO point meets the budget, the cheapest is used"))
     dense = sum(d > 0.02 for d in selection.density)
-    return (f"{setting} clamp: {len(selection.features)} latents at {selection.site}; {'; '.join(rule) or 'no utility rule'}; "
-            f"{dense} of them active on > 2% of benign tokens; suppresses {choice.chosen.suppressed}/"
-            f"{choice.chosen.n_present} selection samples at {choice.chosen.delta_ce:+.3f} nats on calibration text.")
+    retain = "" if chosen.retain_drop is None else f", retain accuracy -{chosen.retain_drop:.2f}"
+    return (f"{setting} clamp: {len(selection.features)} latents at {selection.site}, {choice.mode} "
+            f"{chosen.value:g}; {'; '.join(rule) or 'no utility rule'}; {dense} of them active on > 2% of benign "
+            f"tokens; suppresses {chosen.suppressed}/{chosen.n_present} selection samples at "
+            f"{chosen.delta_ce:+.3f} nats on calibration text{retain}.")
 
 
 def buildable_defenses() -> tuple[str, ...]:
@@ -309,7 +331,7 @@ def check_config(config: SuiteConfig) -> tuple[SuiteConfig, dict[str, Any]]:
     checked here, before any model is loaded."""
     config = config.with_defaults({**DEFAULTS, "defenses": buildable_defenses()})
     opts = check_options(config.option_dict, OPTION_DEFAULTS, "standard suite",
-                         positive=("steps", "n_select", "n_latents", "attack_batch", "seq_len", "suffix_tokens",
+                         positive=("steps", "n_select", "attack_batch", "seq_len", "suffix_tokens",
                                    "embedding_budget", "token_candidates", "token_top_k"))
     if opts["seq_len"] < 2:
         raise ToolkitError(f"standard suite: option seq_len must be >= 2 (a next-token loss needs two tokens), "
@@ -322,20 +344,22 @@ def check_config(config: SuiteConfig) -> tuple[SuiteConfig, dict[str, Any]]:
         if name not in THREATS:
             raise unknown_name("threat", name, THREATS, "standard suite")
     suffix_options(opts)  # its numbers are checked here too
-    for name in config.settings:  # so is the selection rule, by the setting's own config
-        get_setting(name, site=str(opts["site"]), n_latents=int(opts["n_latents"]), **selection_rule(opts))
+    for name in config.settings:  # so are the clamp options, by the setting's own config
+        get_setting(name, **setting_overrides(name, opts))
     if REFERENCE not in config.defenses:
         raise ToolkitError(f"standard suite: the plain clamp {REFERENCE!r} is the reference; keep it in defenses")
     return config, opts
 
 
-def usable_defenses(config: SuiteConfig, model, saes: Mapping[str, object], site: str,
+def usable_defenses(config: SuiteConfig, model, saes: Mapping[str, object], sites: Sequence[str],
                      requested: bool) -> tuple[SuiteConfig, dict[str, str]]:
-    """The config without the defaulted defenses this subject cannot carry (a named one is an error)."""
+    """The config without the defaulted defenses this subject cannot carry at one of the settings'
+    clamp ``sites`` (a named one is an error)."""
     why = {}
     for name in config.defenses:
         unusable = DEFENSES[name].unusable
-        reason = unusable(model, saes, {site: ()}) if unusable is not None else None
+        reasons = [unusable(model, saes, {site: ()}) for site in sites] if unusable is not None else []
+        reason = next((r for r in reasons if r is not None), None)
         if reason is not None:
             if requested:
                 raise ToolkitError(f"standard suite: defense {name!r} cannot run on this subject: {reason}")
@@ -359,7 +383,9 @@ def build_plan(config: SuiteConfig, model, saes: Mapping[str, object],
     if benign is None and int(opts["seq_len"]) > model.cfg.n_ctx:
         raise ToolkitError(f"standard suite: option seq_len {opts['seq_len']} is longer than the model's context "
                            f"window of {model.cfg.n_ctx} tokens")
-    config, skipped = usable_defenses(config, model, saes, opts["site"], requested)
+    overrides = {s: setting_overrides(s, opts) for s in config.settings}
+    sites = {s: get_setting(s, **overrides[s]).config.site for s in config.settings}
+    config, skipped = usable_defenses(config, model, saes, sorted(set(sites.values())), requested)
     calib, held_out = benign if benign is not None else benign_tokens(model, int(opts["seq_len"]))
     contrast = list(contrast) if contrast is not None else contrast_prompts(model)
     inputs_rungs = [t for t in config.threats if t != "residual"]
@@ -367,10 +393,9 @@ def build_plan(config: SuiteConfig, model, saes: Mapping[str, object],
     worlds = {}
     for setting in config.settings:
         select, evaluate = samples(setting, int(opts["n_select"]), config.n)
-        worlds[setting] = build_world(model, saes, setting, select, evaluate, config.defenses, site=opts["site"],
-                                      n_latents=int(opts["n_latents"]), calib_tokens=calib,
+        worlds[setting] = build_world(model, saes, setting, select, evaluate, config.defenses, calib_tokens=calib,
                                       eval_tokens=held_out, contrast=contrast, threats=config.threats,
-                                      suffix=suffix, selection_rule=selection_rule(opts))
+                                      suffix=suffix, overrides=overrides[setting])
     budgets = sorted({0.0, *config.budgets})  # budget 0 is free and checks validity against recovery
     units = tuple(StandardUnit(d, s, rung_budgets(t, budgets, suffix), config.seed, config.n, int(opts["steps"]), t)
                   for s in config.settings for d in config.defenses for t in config.threats)
@@ -380,8 +405,8 @@ def build_plan(config: SuiteConfig, model, saes: Mapping[str, object],
         return evaluate_unit(worlds[unit.setting], unit, model, attack_batch=int(opts["attack_batch"]))
 
     notes = tuple(f"{name} left out: {why}" for name, why in skipped.items()) + (
-        f"standard suite: plain clamp of {opts['n_latents']} attribution-selected latents at {opts['site']} "
-        f"(selected on {opts['n_select']} samples kept apart from the {config.n} evaluated per setting); "
+        f"standard suite: per setting, a plain clamp of attribution-selected latents (below; selected on "
+        f"{opts['n_select']} samples kept apart from the {config.n} evaluated); "
         "residual-aware defenses at guard's default settings, composed with the same clamp.",
         *(clamp_note(s, worlds[s].choice) for s in config.settings),
         f"attack: the cascade of attacks.runner ({', '.join(STAGE_NAMES)}; {opts['steps']} steps per stage, "
@@ -391,7 +416,7 @@ def build_plan(config: SuiteConfig, model, saes: Mapping[str, object],
         "error_monitor: a recovery counts only when unflagged; the detector stage puts the monitor's own "
         "score in the attacker's loss.",
     )
-    residual = ThreatModel.make(opts["site"], positions="last", budget=max(budgets), constraint="encoder")
+    residual = ThreatModel.make(sites[config.settings[0]], positions="last", budget=max(budgets), constraint="encoder")
     rungs = {t: build_rung(t, residual, budgets, int(opts["steps"]), suffix).detail for t in inputs_rungs}
     notes += tuple(f"threat {t}: {detail}; validity on the prompts with the placeholder suffix "
                    f"(token {suffix.placeholder})" for t, detail in rungs.items())
@@ -401,6 +426,7 @@ def build_plan(config: SuiteConfig, model, saes: Mapping[str, object],
         "saes": {site: sha256_tensors(sae.state_dict()) for site, sae in sorted(saes.items())},
         "samples": {s: [x.id for x in worlds[s].evaluate] for s in config.settings},
         "selected": {s: list(worlds[s].features) for s in config.settings},
+        "clamp": {s: worlds[s].choice.clamp_options() for s in config.settings},
         "stages": [{"stage": st.name, **st.config.to_dict()} for st in default_stages(int(opts["steps"]))],
         **({"rungs": rungs} if rungs else {}),
     }

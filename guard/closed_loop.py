@@ -185,7 +185,7 @@ class ClosedLoopClamp(FeatureClamp):
 def _calibrate(data: CalibrationData) -> ClosedLoopCalibration:
     # the echo is read at every SAE site downstream of the clamp, so it sees the whole subject
     return calibrate_closed_loop(data.model, data.saes, list(data.behaviour_prompts), data.features,
-                                 **data.options_for(ClosedLoopConfig.name))
+                                 **{**data.clamp, **data.options_for(ClosedLoopConfig.name)})
 
 
 def _unusable(model, saes: Mapping[str, object], features: Mapping[str, Sequence[int]]) -> str | None:

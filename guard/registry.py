@@ -6,6 +6,7 @@ its own with ``register_defense``, and then every suite, utility table and self-
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -47,11 +48,12 @@ def needs_calibration(names: Sequence[str]) -> bool:
 
 def build_defaults(names: Sequence[str], saes: Mapping[str, object], features: Features, sites: Sequence[str],
                    folder: str | Path, data: CalibrationData | Callable[[], CalibrationData] | None = None,
-                   ) -> dict[str, Defense]:
+                   clamp: Mapping[str, Any] | None = None) -> dict[str, Defense]:
     """Each named defense at its spec's default config on ``features`` (``sites``: where one without
     features acts). A defense that calibrates is fitted on ``data`` (or on what the callable returns,
     called once and only if some defense needs it), its calibration saved to ``folder/<name>`` and read
-    back through the config, so what runs is exactly what was saved."""
+    back through the config, so what runs is exactly what was saved. ``clamp`` (``mode``, ``value``)
+    replaces how the clamp edits its latents in every config that has those fields."""
     specs = [DEFENSES[name] for name in names]
     if callable(data) and needs_calibration(names):
         data = data()
@@ -62,7 +64,10 @@ def build_defaults(names: Sequence[str], saes: Mapping[str, object], features: F
             if not isinstance(data, CalibrationData):
                 raise ToolkitError(f"defense {spec.name!r} needs calibration data (guard.CalibrationData)")
             calibration = str(spec.calibrate(data).save(Path(folder) / spec.name))
-        out[spec.name] = build_defense(spec.default_config(features, tuple(sites), calibration), saes)
+        config = spec.default_config(features, tuple(sites), calibration)
+        names = {f.name for f in dataclasses.fields(config)}
+        config = dataclasses.replace(config, **{k: v for k, v in (clamp or {}).items() if k in names})
+        out[spec.name] = build_defense(config, saes)
     return out
 
 

@@ -32,7 +32,8 @@ class CalibrationData:
     ``benign``: benign residuals {site: [n_tokens, d]} (sinks left out); ``behaviour`` and
     ``contrast``: last-token residuals {site: [n_prompts, d]} of the behaviour's prompts and of
     contrast (harmless) prompts; ``behaviour_prompts``: those prompts' tokens; ``features``:
-    the clamp the defenses compose with; ``options``: keyword arguments for a defense's fit, by
+    the clamp the defenses compose with, ``clamp`` how it edits them (``mode``, ``value``; empty: the
+    ``ClampConfig`` defaults, set to 0); ``options``: keyword arguments for a defense's fit, by
     defense name (e.g. ``{"error_ellipsoid": {"coverage": 0.9}}``).
     """
 
@@ -45,19 +46,21 @@ class CalibrationData:
     behaviour_prompts: Sequence[torch.Tensor]
     features: Features
     options: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    clamp: Mapping[str, Any] = field(default_factory=dict)
 
     @classmethod
     def collect(cls, model, saes: Mapping[str, Any], sites: Sequence[str], benign_tokens: torch.Tensor,
                 behaviour_prompts: Sequence[torch.Tensor], contrast_prompts: Sequence[torch.Tensor],
                 features: Features, *, options: Mapping[str, Mapping[str, Any]] | None = None,
-                progress: bool = False) -> CalibrationData:
+                clamp: Mapping[str, Any] | None = None, progress: bool = False) -> CalibrationData:
         """Run the model once over each input and keep the residuals at ``sites``."""
         sites = tuple(sites)
         return cls(model=model, saes=saes, sites=sites,
                    benign=collect_resid(model, benign_tokens, sites, progress=progress),
                    behaviour=last_token_resid(model, behaviour_prompts, sites),
                    contrast=last_token_resid(model, contrast_prompts, sites),
-                   behaviour_prompts=list(behaviour_prompts), features=features, options=dict(options or {}))
+                   behaviour_prompts=list(behaviour_prompts), features=features, options=dict(options or {}),
+                   clamp=dict(clamp or {}))
 
     def options_for(self, name: str) -> dict[str, Any]:
         return dict(self.options.get(name, {}))

@@ -1,6 +1,6 @@
 """Settings: a behaviour to suppress, its samples and score, and the plain clamp defending it.
 
-``get_setting("ioi" | "recall", **config)`` gives a :class:`Setting`; see base.py for the
+``get_setting("ioi" | "recall" | "unlearning", **config)`` gives a :class:`Setting`; see base.py for the
 shared score (a margin at the final position) and validity.py for the valid-sample filter.
 """
 
@@ -19,6 +19,7 @@ from experiments.settings.registry import (
 )
 from experiments.settings.sample import Sample, behaviour_score, present
 from experiments.settings.selection import SelectionResult, latent_attribution, select_latents
+from experiments.settings.unlearning import UnlearningConfig, UnlearningSetting
 from experiments.settings.validity import ValidityResult, evaluate_validity, score_samples, validity
 
 __all__ = [
@@ -26,5 +27,5 @@ __all__ = [
     "RecallSetting", "Sample", "SelectionResult", "Setting", "SettingConfig", "ValidityResult",
     "batches", "behaviour_score", "collate", "config_from_dict", "evaluate_validity", "final_logits",
     "get_setting", "ioi_prompts", "latent_attribution", "present", "recall_samples", "register_setting",
-    "score_samples", "select_latents", "setting_from_config", "validity",
+    "score_samples", "select_latents", "setting_from_config", "UnlearningConfig", "UnlearningSetting", "validity",
 ]

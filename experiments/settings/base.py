@@ -17,7 +17,7 @@ import torch
 from experiments.settings.clamp_search import DEFAULT_COUNTS, ClampChoice, search_clamp
 from experiments.settings.sample import POSITIONS, Sample, behaviour_score, present
 from experiments.settings.selection import latent_density, select_latents
-from guard.clamp import ClampConfig, FeatureClamp
+from guard.clamp import MODES, ClampConfig, FeatureClamp
 from guard.errors import ToolkitError, unknown_name
 
 
@@ -30,8 +30,9 @@ class SettingConfig:
     ``selection_positions``: where attribution is summed ("all" tokens, "not_first" skipping
     the attention-sink position 0, or only the "last" position). Utility-aware selection:
     ``max_density`` leaves out latents active on more than that fraction of benign tokens;
-    ``max_delta_ce`` (nats) searches the number of latents for the strongest suppression
-    within that benign next-token loss increase (``clamp_search.py``).
+    ``max_delta_ce`` (nats) searches the number of latents (and, with ``clamp_values``, the
+    value) for the strongest suppression within that benign next-token loss increase, and
+    ``max_retain_drop`` within that drop of the setting's retain accuracy (``clamp_search.py``).
     """
 
     name: ClassVar[str] = "setting"
@@ -42,14 +43,21 @@ class SettingConfig:
     selection_positions: str = "not_first"
     max_density: float | None = None
     max_delta_ce: float | None = None
+    clamp_values: tuple[float, ...] = ()  # values the search tries (empty: clamp_value alone)
+    max_retain_drop: float | None = None
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "clamp_values", tuple(float(v) for v in self.clamp_values))
         if self.n_latents < 1:
             raise ToolkitError(f"setting {self.name!r}: n_latents must be >= 1, got {self.n_latents}")
         if self.max_density is not None and not 0 < self.max_density <= 1:
             raise ToolkitError(f"setting {self.name!r}: max_density must be in (0, 1], got {self.max_density}")
         if self.max_delta_ce is not None and self.max_delta_ce < 0:
             raise ToolkitError(f"setting {self.name!r}: max_delta_ce must be >= 0 nats, got {self.max_delta_ce}")
+        if self.max_retain_drop is not None and not 0 <= self.max_retain_drop <= 1:
+            raise ToolkitError(f"setting {self.name!r}: max_retain_drop must be in [0, 1], got {self.max_retain_drop}")
+        if self.clamp_mode not in MODES:
+            raise ToolkitError(f"setting {self.name!r}: clamp_mode must be one of {MODES}, got {self.clamp_mode!r}")
         if self.selection_positions not in POSITIONS:
             raise ToolkitError(
                 f"setting {self.name!r}: selection_positions must be one of {POSITIONS}, "
@@ -117,6 +125,15 @@ class Setting(ABC):
         """Prompts whose attribution is subtracted during latent selection (none by default)."""
         return []
 
+    def retain_samples(self, tokenizer, split: str = "select") -> list[Sample]:
+        """What the clamp must leave intact, scored like the behaviour (none by default): the
+        ``select`` split sizes the clamp, the ``evaluate`` split measures its utility."""
+        return []
+
+    def utility_fields(self, model, defense) -> dict[str, float]:
+        """The setting's own utility measures of ``defense`` beside dCE (none by default)."""
+        return {}
+
     def select(self, model, sae, samples: Sequence[Sample], *, batch_size: int = 16, control=None,
                benign: torch.Tensor | None = None):
         """Latents supporting the behaviour at ``config.site``: a ``SelectionResult``
@@ -137,16 +154,22 @@ class Setting(ABC):
     def choose_clamp(self, model, saes: Mapping[str, Any], samples: Sequence[Sample], *,
                      benign: torch.Tensor, batch_size: int = 16, control=None) -> ClampChoice:
         """The plain clamp's latents with their measured suppression on ``samples`` and cost on
-        ``benign``: ``n_latents`` of them, or with ``max_delta_ce`` the searched count."""
+        ``benign``: ``n_latents`` of them at ``clamp_value``, or with a budget (``max_delta_ce``,
+        ``max_retain_drop``) the searched count and value."""
         site = self.config.site
         if site not in saes:
             raise unknown_name("SAE site", site, saes.keys(), f"setting {self.name!r}")
         ranked = self.select(model, saes[site], samples, batch_size=batch_size, control=control, benign=benign)
-        budget = self.config.max_delta_ce
-        counts = (self.config.n_latents,) if budget is None else \
-            tuple(c for c in DEFAULT_COUNTS if c < self.config.n_latents) + (self.config.n_latents,)
-        return search_clamp(model, saes, ranked, samples, benign, max_delta_ce=budget, counts=counts,
-                            score_fn=self.behaviour_score, batch_size=batch_size)
+        config = self.config
+        searched = config.max_delta_ce is not None or config.max_retain_drop is not None
+        counts = tuple(c for c in DEFAULT_COUNTS if c < config.n_latents) + (config.n_latents,) if searched \
+            else (config.n_latents,)
+        values = config.clamp_values if searched and config.clamp_values else (config.clamp_value,)
+        retain = self.retain_samples(model.tokenizer, "select") if model.tokenizer is not None else []
+        return search_clamp(model, saes, ranked, samples, benign, max_delta_ce=config.max_delta_ce, counts=counts,
+                            values=values, mode=config.clamp_mode, retain=retain,
+                            max_retain_drop=config.max_retain_drop, score_fn=self.behaviour_score,
+                            batch_size=batch_size)
 
     def clamp_config(self, model, sae, samples: Sequence[Sample], *, batch_size: int = 16,
                      control=None) -> ClampConfig:

@@ -31,6 +31,7 @@ choice is scored by its first token, which must differ between choices); optiona
 from __future__ import annotations
 
 import random
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -79,13 +80,13 @@ class RecallConfig(SettingConfig):
             object.__setattr__(self, key, tuple(getattr(self, key)))
         bad = [c for c in self.categories + self.control_categories if c not in data.CATEGORIES]
         if bad:
-            raise ToolkitError(f"setting 'recall': unknown categories {bad}; valid: {list(data.CATEGORIES)}")
+            raise ToolkitError(f"setting {self.name!r}: unknown categories {bad}; valid: {list(data.CATEGORIES)}")
         if not self.categories:
-            raise ToolkitError("setting 'recall': categories is empty")
+            raise ToolkitError(f"setting {self.name!r}: categories is empty")
         if set(self.categories) & set(self.control_categories):
-            raise ToolkitError("setting 'recall': a category cannot be both topic and control")
+            raise ToolkitError(f"setting {self.name!r}: a category cannot be both topic and control")
         if not self.formats or any(f not in FORMATS for f in self.formats):
-            raise ToolkitError(f"setting 'recall': formats must be a non-empty subset of {FORMATS}, got {self.formats}")
+            raise ToolkitError(f"setting {self.name!r}: formats must be a non-empty subset of {FORMATS}, got {self.formats}")
 
 
 def _slug(text: str) -> str:
@@ -173,23 +174,31 @@ def _choice_sample(tokenizer, prompt: str, answer: str, answer_choice: str, choi
     )
 
 
+def fact_samples(tokenizer, facts: Sequence[data.Fact], seed: int = 0,
+                 config: RecallConfig | None = None) -> list[RecallSample]:
+    """Samples for each of ``facts`` in every format of ``config``, in order (distractors are drawn
+    from all facts of the fact's category)."""
+    config = config or RecallConfig()
+    pools: dict[str, list[str]] = {}
+    out: list[RecallSample] = []
+    for fact in facts:
+        pool = pools.setdefault(fact.category, [f.answer for f in data.facts((fact.category,))])
+        if "free" in config.formats:
+            out.append(free_sample(tokenizer, fact))
+        if "choice" in config.formats:
+            out.append(choice_sample(tokenizer, fact, pool, seed))
+        if "mc" in config.formats:
+            out.append(mc_sample(tokenizer, fact, pool, seed))
+    return out
+
+
 def recall_samples(tokenizer, n: int | None = None, seed: int = 0,
                    config: RecallConfig | None = None, categories: tuple[str, ...] | None = None) -> list[RecallSample]:
     """Samples for every fact of ``categories`` in every format of ``config``, shuffled by
     ``seed``; the first ``n`` (all when None)."""
     config = config or RecallConfig()
     categories = config.categories if categories is None else categories
-    out: list[RecallSample] = []
-    for category in categories:
-        facts = data.facts((category,))
-        pool = [f.answer for f in facts]
-        for fact in facts:
-            if "free" in config.formats:
-                out.append(free_sample(tokenizer, fact))
-            if "choice" in config.formats:
-                out.append(choice_sample(tokenizer, fact, pool, seed))
-            if "mc" in config.formats:
-                out.append(mc_sample(tokenizer, fact, pool, seed))
+    out = fact_samples(tokenizer, data.facts(tuple(categories)), seed, config)
     random.Random(seed).shuffle(out)
     return out if n is None else out[:n]
 

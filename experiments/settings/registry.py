@@ -8,6 +8,7 @@ from typing import Any
 from experiments.settings.base import Setting, SettingConfig
 from experiments.settings.ioi import IOIConfig, IOISetting
 from experiments.settings.recall import RecallConfig, RecallSetting
+from experiments.settings.unlearning import UnlearningConfig, UnlearningSetting
 from guard.named import Registry, Variant
 from guard.named import config_from_dict as _config_from_dict
 
@@ -34,3 +35,4 @@ def setting_from_config(config: SettingConfig) -> Setting:
 
 register_setting(IOIConfig, IOISetting)
 register_setting(RecallConfig, RecallSetting)
+register_setting(UnlearningConfig, UnlearningSetting)

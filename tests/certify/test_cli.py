@@ -185,3 +185,12 @@ def test_suites_of_other_packages_come_from_entry_points(monkeypatch):
             suites()
         monkeypatch.undo()
     assert "standard" in suites() and "mine" not in suites()  # the installed package's own entry points again
+
+
+def test_utility_with_a_settings_own_fields_survives_the_meta_file():
+    from certify.cli import _utility_from_json, _utility_to_json
+
+    utility = {("clamp", "unlearning"): {"delta_ce": 0.02, "retain_acc": 0.6, "retain_drop": 0.03},
+               ("clamp", "ioi"): 0.5, "splice": None}
+    rows = json.loads(json.dumps(_utility_to_json(utility)))
+    assert _utility_from_json(rows) == utility

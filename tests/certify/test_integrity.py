@@ -167,7 +167,7 @@ def test_changed_standard_option_is_refused_before_planning(tmp_path, key, no_pl
     default = experiments.suites.OPTION_DEFAULTS[key]
     with pytest.raises(AssertionError, match="planned"):
         main(["run", "--suite", "standard", "--out", str(out), "--option",
-              f"{key}={'null' if default is None else default}"])
+              f"{key}={'null' if default is None else repr('') if default == '' else default}"])
 
 
 def test_changed_default_is_refused_after_planning_before_any_unit(done, capsys):

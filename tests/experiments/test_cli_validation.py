@@ -150,7 +150,7 @@ def test_certify_demo_options(capsys, monkeypatch, tmp_path, option, match):
 @pytest.mark.parametrize("argv, match", [
     (["--option", "steps=abc"], r"option 'steps' must be an integer, got 'abc'"),
     (["--option", "steps=-5"], r"option 'steps' must be >= [01], got -5"),
-    (["--option", "n_latents=0"], r"option 'n_latents' must be >= 1"),
+    (["--option", "n_latents=-1"], r"option 'n_latents' must be >= 0"),
     (["--defenses", "clampx"], r"unknown defense 'clampx'.*clamp"),
 ])
 def test_certify_standard_options_and_names_before_the_model(capsys, tmp_path, argv, match):

@@ -22,7 +22,7 @@ def test_config_round_trips_through_json(name):
 
 
 def test_both_issue_settings_are_registered():
-    assert {"ioi", "recall"} <= set(SETTINGS)
+    assert {"ioi", "recall", "unlearning"} <= set(SETTINGS)
 
 
 def test_overrides_and_errors():

@@ -181,3 +181,31 @@ def test_utility_aware_setting_needs_benign_tokens_and_records_its_choice():
         IOIConfig(max_density=0.0)
     with pytest.raises(ToolkitError, match="max_delta_ce must be"):
         IOIConfig(max_delta_ce=-0.1)
+
+
+def test_clamp_search_tries_every_count_and_value_and_keeps_the_retain_budget():
+    model, sae = tiny_model(seed=1), tiny_sae("jumprelu", seed=1)
+    samples, retain = random_samples(model, n=12, seed=1), random_samples(model, n=12, seed=7)
+    ranked = select_latents(model, sae, LATE, samples, k=D_SAE)
+    benign = tiny_tokens(batch=4, pos=8, seed=2)
+    counts = (1, 2, len(ranked.features))
+    grid = dict(counts=counts, values=(0.5, -1.0, -4.0), mode="multiply", retain=retain)
+    free = search_clamp(model, {LATE: sae}, ranked, samples, benign, max_delta_ce=None, **grid)
+    assert [(p.n_latents, p.value) for p in free.points] == [(c, v) for c in counts for v in (0.5, -1.0, -4.0)]
+    assert all(p.retain_drop is not None for p in free.points)
+    drops = sorted({p.retain_drop for p in free.points})
+    assert len(drops) > 1  # some clamps cost retain accuracy and some less
+    budget = drops[len(drops) // 2]
+    choice = search_clamp(model, {LATE: sae}, ranked, samples, benign, max_delta_ce=None, max_retain_drop=budget,
+                          **grid)
+    within = [p for p in choice.points if p.retain_drop <= budget]
+    assert choice.meets_budget and choice.chosen.retain_drop <= budget
+    assert choice.chosen.suppressed == max(p.suppressed for p in within)
+    config = choice.clamp_config()
+    assert (config.mode, config.value) == ("multiply", choice.chosen.value)
+    assert config.features == {LATE: ranked.features[: choice.chosen.n_latents]}
+    assert choice.to_dict()["chosen"]["retain_drop"] == choice.chosen.retain_drop
+    with pytest.raises(ToolkitError, match="needs retain samples"):
+        search_clamp(model, {LATE: sae}, ranked, samples, benign, max_delta_ce=None, max_retain_drop=0.1)
+    with pytest.raises(ToolkitError, match="mode must be one of"):
+        search_clamp(model, {LATE: sae}, ranked, samples, benign, max_delta_ce=None, mode="scale")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import pytest
 
@@ -11,12 +12,15 @@ from attacks.runner import STAGE_NAMES
 from certify.config import SuiteConfig
 from certify.suites import get_suite
 from certify.summary import sample_outcomes, summarize
+from experiments.settings import SETTINGS, IOIConfig, IOISetting, register_setting
 from experiments.suites import (
     DEFAULTS,
+    SETTING_DEFAULTS,
     StandardUnit,
     build_plan,
     buildable_defenses,
     check_config,
+    setting_overrides,
     usable_defenses,
 )
 from guard.errors import ToolkitError
@@ -53,8 +57,8 @@ def test_plan_covers_every_registered_defense(tiny_plan):
     assert all(u.budgets == (0.0, 2.0) for u in plan.units)
     assert all(isinstance(u, StandardUnit) for u in plan.units)
     assert set(plan.utility) == {(d, "ioi") for d in DEFENSES}
-    assert all(math.isfinite(v) for v in plan.utility.values())
-    assert DEFAULTS["settings"] == ("ioi", "recall") and DEFAULTS["budgets"][0] == 0.0
+    assert all(set(v) == {"delta_ce"} and math.isfinite(v["delta_ce"]) for v in plan.utility.values())
+    assert DEFAULTS["settings"] == ("ioi", "recall", "unlearning") and DEFAULTS["budgets"][0] == 0.0
 
 
 def test_units_give_summary_ready_records(tiny_plan):
@@ -137,13 +141,15 @@ def test_a_defense_the_subject_cannot_carry_is_left_out_or_refused():
     model = tiny_model()
     one = {SITES[1]: tiny_sae("jumprelu", seed=3)}  # the last site: no SAE downstream for a closed loop
     config, _ = check_config(SuiteConfig(suite="standard", options=(("site", SITES[1]),)))
-    kept, skipped = usable_defenses(config, model, one, SITES[1], requested=False)
+    kept, skipped = usable_defenses(config, model, one, [SITES[1]], requested=False)
     assert set(skipped) == {"closed_loop"} and "no SAE site after" in skipped["closed_loop"]
     assert "closed_loop" not in kept.defenses and "clamp" in kept.defenses
     with pytest.raises(ToolkitError, match="'closed_loop' cannot run on this subject"):
-        usable_defenses(config, model, one, SITES[1], requested=True)
+        usable_defenses(config, model, one, [SITES[1]], requested=True)
     both = {site: tiny_sae("jumprelu", seed=3 + i) for i, site in enumerate(SITES)}
-    assert usable_defenses(config, model, both, SITES[0], requested=False)[1] == {}
+    assert usable_defenses(config, model, both, [SITES[0]], requested=False)[1] == {}
+    # a defense that cannot run at one setting's site is left out of the run
+    assert set(usable_defenses(config, model, both, SITES, requested=False)[1]) == {"closed_loop"}
 
 
 def test_every_threat_rung_runs_on_the_tiny_plan(monkeypatch):
@@ -192,3 +198,52 @@ def test_threats_suite_presets_the_ladder():
     config, _ = check_config(SuiteConfig(suite="threats").with_defaults(suite.defaults))
     assert config.threats == ("residual", "embedding", "tokens")
     assert config.defenses == ("clamp", "splice", "error_monitor") and config.settings == ("ioi", "recall")
+
+
+@dataclass(frozen=True)
+class ReversedConfig(IOIConfig):
+    """A setting whose clamp reverses its latents, with a utility field of its own."""
+
+    name = "reversed_for_test"
+    clamp_mode: str = "multiply"
+    clamp_value: float = -2.0
+
+
+class ReversedSetting(IOISetting):
+    config_cls = ReversedConfig
+
+    def utility_fields(self, model, defense):
+        return {"retain_drop": 0.25}
+
+
+@pytest.fixture
+def reversed_setting():
+    register_setting(ReversedConfig, ReversedSetting)
+    yield ReversedConfig.name
+    SETTINGS.remove(ReversedConfig.name)
+
+
+def test_every_defense_composes_with_the_settings_clamp_mode_and_value(reversed_setting):
+    model = tiny_model()
+    saes = {site: tiny_sae("jumprelu", seed=50 + i) for i, site in enumerate(SITES)}
+    pool = random_samples(model, n=12, seed=5)
+    config = SuiteConfig(suite="standard", settings=(reversed_setting,), defenses=("clamp", "splice", "closed_loop"),
+                         budgets=(2.0,), n=4, options=(("n_latents", 6), ("n_select", 8), ("site", SITE), ("steps", 2)))
+    # the closed loop is calibrated by running the clamp: a mode or value lost on the way would be refused
+    plan = build_plan(config, model, saes, lambda s, k, n: (pool[:k], pool[k : k + n]),
+                      benign=(tiny_tokens(8, 12, seed=1), tiny_tokens(3, 12, seed=2)),
+                      contrast=list(tiny_tokens(6, 5, seed=4)))
+    assert plan.fingerprint["clamp"][reversed_setting] == {"mode": "multiply", "value": -2.0}
+    assert all(plan.utility[(d, reversed_setting)]["retain_drop"] == 0.25 for d in config.defenses)
+    assert any(n.startswith(f"{reversed_setting} clamp: 6 latents") and "multiply -2" in n for n in plan.notes)
+
+
+def test_a_settings_own_clamp_options_hold_unless_given():
+    _, opts = check_config(SuiteConfig(suite="standard"))
+    assert setting_overrides("ioi", opts) == SETTING_DEFAULTS["ioi"]
+    assert setting_overrides("unlearning", opts) == {}  # its config's own site, size and budgets
+    _, given = check_config(SuiteConfig(suite="standard", options=(("max_density", 0.05), ("n_latents", 4))))
+    assert setting_overrides("unlearning", given) == {"max_density": 0.05, "n_latents": 4}
+    assert setting_overrides("ioi", given) == {**SETTING_DEFAULTS["ioi"], "max_density": 0.05, "n_latents": 4}
+    with pytest.raises(ToolkitError, match="max_density must be in"):
+        check_config(SuiteConfig(suite="standard", settings=("unlearning",), options=(("max_density", 2.0),)))

@@ -48,3 +48,21 @@ def test_uncalibrated_defense_says_what_it_needs(model):
     config = config_from_dict({"name": "error_norm", "features": {"blocks.0.hook_resid_post": [1]}})
     with pytest.raises(ToolkitError, match="'error_norm' needs a calibration"):
         build_defense(config, saes)
+
+
+def test_build_defaults_edits_the_clamps_latents_as_the_clamp_does(tmp_path):
+    from guard.registry import build_defaults
+    from guard.spec import CalibrationData
+    from tests.guard_cases import SITES
+    from tests.helpers import tiny_model, tiny_sae, tiny_tokens
+
+    model = tiny_model()
+    saes = {site: tiny_sae("jumprelu", seed=i) for i, site in enumerate(SITES)}
+    features, clamp = {SITES[0]: (1, 2)}, {"mode": "multiply", "value": -4.0}
+    data = CalibrationData.collect(model, saes, (SITES[0],), tiny_tokens(4, 8, seed=1), list(tiny_tokens(3, 5, seed=2)),
+                                   list(tiny_tokens(3, 5, seed=3)), features, clamp=clamp)
+    # the closed loop's calibration runs the clamp: built with another mode or value it would be refused
+    built = build_defaults(["clamp", "splice", "closed_loop"], saes, features, (SITES[0],), tmp_path, data,
+                           clamp=clamp)
+    assert {name: (d.config.mode, d.config.value) for name, d in built.items()} == dict.fromkeys(
+        ("clamp", "splice", "closed_loop"), ("multiply", -4.0))
