@@ -6,11 +6,12 @@ from __future__ import annotations
 
 from certify.suites import Suite
 
-STANDARD = Suite("standard", "experiments.suites:build_standard", "IOI + recall on the subject, all defenses",
+STANDARD = Suite("standard", "experiments.suites:build_standard", "IOI, recall and unlearning on the subject, all defenses",
                  option_defaults="experiments.suites:OPTION_DEFAULTS")
-# the standard suite at n = 200 per setting: >= 100 valid samples per cell (for a GPU or a long CPU run)
+# the standard suite at n = 200 per setting: >= 100 valid samples per IOI and recall cell (for a GPU or a
+# long CPU run); unlearning has 36 forget samples after its selection split and evaluates those
 FULL = Suite("full", "experiments.suites:build_standard",
-             "the standard suite at n = 200 per setting (>= 100 valid samples per cell)",
+             "the standard suite at n = 200 per setting (unlearning: its 36)",
              defaults={"n": 200}, option_defaults="experiments.suites:OPTION_DEFAULTS")
 # the threat ladder (attacks.ladder) on three defenses: plain clamp, a splice and the error monitor
 THREATS = Suite("threats", "experiments.suites:build_standard",

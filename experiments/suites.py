@@ -311,7 +311,7 @@ def clamp_note(setting: str, choice: ClampChoice) -> str:
         tried = ", ".join(f"{p.n_latents}x{p.value:g}: {p.suppressed}/{p.n_present} at {p.delta_ce:+.3f}"
                           + ("" if p.retain_drop is None else f" retain -{p.retain_drop:.2f}") for p in choice.points)
         rule.append(f"count and value searched within {limits} ({tried})"
-                    + ("" if choice.meets_budget else "; NO point meets the budget, the cheapest is used"))
+                    + ("" if choice.meets_budget else "; NO point meets the budget, the one over it least is used"))
     dense = sum(d > 0.02 for d in selection.density)
     retain = "" if chosen.retain_drop is None else f", retain accuracy -{chosen.retain_drop:.2f}"
     return (f"{setting} clamp: {len(selection.features)} latents at {selection.site}, {choice.mode} "
@@ -404,7 +404,13 @@ def build_plan(config: SuiteConfig, model, saes: Mapping[str, object],
     def evaluate(unit: StandardUnit) -> list[dict[str, Any]]:
         return evaluate_unit(worlds[unit.setting], unit, model, attack_batch=int(opts["attack_batch"]))
 
-    notes = tuple(f"{name} left out: {why}" for name, why in skipped.items()) + (
+    # a setting with fewer samples than n evaluates what it has, and says so rather than report a smaller n silently
+    short = tuple(f"{s} has {len(worlds[s].evaluate)} samples after the {opts['n_select']} kept for selection: "
+                  f"it evaluates {len(worlds[s].evaluate)}, not {config.n}"
+                  for s in config.settings if len(worlds[s].evaluate) < config.n)
+    for note in short:
+        print(f"[standard] {note}", file=sys.stderr, flush=True)
+    notes = tuple(f"{name} left out: {why}" for name, why in skipped.items()) + short + (
         f"standard suite: per setting, a plain clamp of attribution-selected latents (below; selected on "
         f"{opts['n_select']} samples kept apart from the {config.n} evaluated); "
         "residual-aware defenses at guard's default settings, composed with the same clamp.",

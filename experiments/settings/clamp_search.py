@@ -8,7 +8,8 @@ those present), utility cost (next-token CE increase on benign calibration text)
 retain accuracy drop (fraction of retain samples whose behaviour is present undefended minus
 defended). The choice is the point with the most suppressed samples among those within
 ``max_delta_ce`` nats and ``max_retain_drop``, the cheaper one on a tie. When no point meets
-the budget the choice is the cheapest, marked ``meets_budget=False``: the budget is never
+the budget the choice is the one that exceeds it least (the largest excess over a budget,
+relative to that budget, is smallest), marked ``meets_budget=False``: the budget is never
 loosened, the caller reports the setting as not deployable at it. Without any budget the
 last point of the grid (most latents, last value) is the choice, still measured.
 
@@ -123,6 +124,8 @@ def search_clamp(model, saes: Mapping[str, object], ranked: SelectionResult, sam
               and (max_retain_drop is None or p.retain_drop <= max_retain_drop)]
     if within:
         chosen = max(within, key=lambda p: (p.suppressed, -p.delta_ce))
-    else:
-        chosen = min(points, key=lambda p: p.delta_ce)
+    else:  # the point that exceeds its budgets least, each excess relative to its budget
+        budgets = [(b, f) for b, f in ((max_delta_ce, lambda p: p.delta_ce), (max_retain_drop, lambda p: p.retain_drop))
+                   if b is not None]
+        chosen = min(points, key=lambda p: max((f(p) - b) / max(b, 1e-3) for b, f in budgets))
     return ClampChoice(ranked.top(chosen.n_latents), chosen, tuple(points), meets_budget=bool(within), **common)

@@ -15,11 +15,11 @@ within ``max_retain_drop``; the ``evaluate`` half measures every defense's retai
 ``retain_drop``, the undefended accuracy minus it), so the clamp is never judged on the
 facts it was sized on.
 
-Default clamp (measured on the subject, half of each domain held out): the 8 most
-forget-specific latents at blocks.12 active on <= 1% of benign tokens, multiplied by a
-value searched in (-4, -8, -16) within 0.1 nats and a 5-point retain drop; the target is
-forget accuracy down >= 50 points. Setting the latents to 0 does not get there (0.60 -> 0.45
-on the held-out forget facts): their decoder directions must be reversed, not removed.
+Default clamp: up to the 8 most forget-specific latents at blocks.12 active on <= 1% of
+benign tokens, the count (4, 8) and the multiplier (-4, -8, -16) searched within 0.1 nats and
+a 5-point retain drop. Multiplying reverses a latent's decoder direction where it fires;
+setting the chosen latents to 0 removes far fewer forget facts (README, "Unlearning with a
+retain set", has the measurements and the forget target they miss).
 """
 
 from __future__ import annotations

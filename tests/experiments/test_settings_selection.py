@@ -205,6 +205,10 @@ def test_clamp_search_tries_every_count_and_value_and_keeps_the_retain_budget():
     assert (config.mode, config.value) == ("multiply", choice.chosen.value)
     assert config.features == {LATE: ranked.features[: choice.chosen.n_latents]}
     assert choice.to_dict()["chosen"]["retain_drop"] == choice.chosen.retain_drop
+    # no point within the retain budget: the one over it least, whatever its next-token cost
+    over = search_clamp(model, {LATE: sae}, ranked, samples, benign, max_delta_ce=10.0,
+                        max_retain_drop=drops[0] - 0.01, **grid)
+    assert not over.meets_budget and over.chosen.retain_drop == drops[0]
     with pytest.raises(ToolkitError, match="needs retain samples"):
         search_clamp(model, {LATE: sae}, ranked, samples, benign, max_delta_ce=None, max_retain_drop=0.1)
     with pytest.raises(ToolkitError, match="mode must be one of"):

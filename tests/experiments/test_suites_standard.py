@@ -103,6 +103,19 @@ def test_budget_zero_is_always_on_the_grid():
     assert [u.budgets for u in plan.units] == [(0.0, 2.0)]
 
 
+def test_a_setting_with_fewer_samples_than_n_says_so(tiny_plan):
+    model = tiny_model()
+    saes = {site: tiny_sae("jumprelu", seed=50 + i) for i, site in enumerate(SITES)}
+    pool = random_samples(model, n=12, seed=5)
+    config = SuiteConfig(suite="standard", settings=("ioi",), defenses=("clamp",), budgets=(2.0,), n=6,
+                         options=(("n_latents", 6), ("n_select", 8), ("site", SITE), ("steps", 2)))
+    plan = build_plan(config, model, saes, lambda s, k, n: (pool[:k], pool[k : k + n]),
+                      benign=(tiny_tokens(8, 12, seed=1), tiny_tokens(3, 12, seed=2)),
+                      contrast=list(tiny_tokens(6, 5, seed=4)))
+    assert "ioi has 4 samples after the 8 kept for selection: it evaluates 4, not 6" in plan.notes
+    assert not any("kept for selection: it evaluates" in note for note in tiny_plan[1].notes)
+
+
 def test_the_clamp_choice_is_on_record_and_the_utility_rule_is_applied():
     model = tiny_model()
     saes = {site: tiny_sae("jumprelu", seed=50 + i) for i, site in enumerate(SITES)}
