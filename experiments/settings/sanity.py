@@ -28,7 +28,7 @@ def _group(sample) -> str:
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(prog="python -m experiments.settings.sanity", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("setting", help="registered setting name (ioi, recall)")
+    parser.add_argument("setting", help="registered setting name (e.g. ioi, recall, unlearning)")
     parser.add_argument("--n", type=int, default=None, help="number of samples (default: the setting's default)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--prompts", default=None, help="a JSONL prompts file instead of the built-in data")
