@@ -215,7 +215,8 @@ def build_world(model, saes: Mapping[str, object], setting_name: str, select: Se
         defenses = build_defaults(defense_names, saes, features, (site,), tmp, lambda: CalibrationData.collect(
             model, saes, (site,), calib_tokens, behaviour, list(contrast), features, clamp=clamp), clamp=clamp)
     log(f"calibrated and built {', '.join(defenses)}")
-    utility = {name: {"delta_ce": r.delta_ce, **setting.utility_fields(model, defenses[name])}
+    own = setting.utility_fields(model, defenses)
+    utility = {name: {"delta_ce": r.delta_ce, **own[name]}
                for name, r in measure_utility_many(model, defenses, eval_tokens).items()}
     log(f"utility of {len(defenses)} defenses on {tuple(eval_tokens.shape)} benign tokens")
     inputs = {t: threat_inputs(evaluate, t, suffix) for t in threats}

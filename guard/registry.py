@@ -65,8 +65,8 @@ def build_defaults(names: Sequence[str], saes: Mapping[str, object], features: F
                 raise ToolkitError(f"defense {spec.name!r} needs calibration data (guard.CalibrationData)")
             calibration = str(spec.calibrate(data).save(Path(folder) / spec.name))
         config = spec.default_config(features, tuple(sites), calibration)
-        names = {f.name for f in dataclasses.fields(config)}
-        config = dataclasses.replace(config, **{k: v for k, v in (clamp or {}).items() if k in names})
+        fields = {f.name for f in dataclasses.fields(config)}
+        config = dataclasses.replace(config, **{k: v for k, v in (clamp or {}).items() if k in fields})
         out[spec.name] = build_defense(config, saes)
     return out
 

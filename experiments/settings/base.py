@@ -130,9 +130,9 @@ class Setting(ABC):
         ``select`` split sizes the clamp, the ``evaluate`` split measures its utility."""
         return []
 
-    def utility_fields(self, model, defense) -> dict[str, float]:
-        """The setting's own utility measures of ``defense`` beside dCE (none by default)."""
-        return {}
+    def utility_fields(self, model, defenses: Mapping[str, Any]) -> dict[str, dict[str, float]]:
+        """The setting's own utility measures of each of ``defenses`` beside dCE, by name (none by default)."""
+        return {name: {} for name in defenses}
 
     def select(self, model, sae, samples: Sequence[Sample], *, batch_size: int = 16, control=None,
                benign: torch.Tensor | None = None):

@@ -24,7 +24,9 @@ retain set", has the measurements and the forget target they miss).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from experiments.data import recall_facts as data
 from experiments.settings.clamp_search import accuracy
@@ -65,10 +67,6 @@ class UnlearningSetting(RecallSetting):
 
     config_cls = UnlearningConfig
 
-    def __init__(self, config: UnlearningConfig | None = None) -> None:
-        super().__init__(config)
-        self._undefended: dict[int, float] = {}  # retain accuracy of the undefended model, by id(model)
-
     def retain_samples(self, tokenizer, split: str = "select") -> list[Sample]:
         if split not in SPLITS:
             raise ToolkitError(f"setting {self.name!r}: retain split must be one of {SPLITS}, got {split!r}")
@@ -79,9 +77,11 @@ class UnlearningSetting(RecallSetting):
     def control_samples(self, tokenizer, n: int | None, seed: int) -> list[Sample]:
         return self.retain_samples(tokenizer, "select")[:n]
 
-    def utility_fields(self, model, defense) -> dict[str, float]:
+    def utility_fields(self, model, defenses: Mapping[str, Any]) -> dict[str, dict[str, float]]:
         retain = self.retain_samples(model.tokenizer, "evaluate")
-        if id(model) not in self._undefended:
-            self._undefended[id(model)] = accuracy(model, retain, score_fn=self.behaviour_score)
-        kept = accuracy(model, retain, defense=defense, score_fn=self.behaviour_score)
-        return {"retain_acc": kept, "retain_drop": self._undefended[id(model)] - kept}
+        undefended = accuracy(model, retain, score_fn=self.behaviour_score)
+        out = {}
+        for name, defense in defenses.items():
+            kept = accuracy(model, retain, defense=defense, score_fn=self.behaviour_score)
+            out[name] = {"retain_acc": kept, "retain_drop": undefended - kept}
+        return out

@@ -53,8 +53,9 @@ def test_utility_fields_are_the_retain_accuracy_and_its_drop(monkeypatch):
     setting = get_setting("unlearning")
     monkeypatch.setattr(setting, "retain_samples", lambda tokenizer, split="select": retain)
     nothing = FeatureClamp(ClampConfig(features={site: (0,)}, mode="multiply", value=1.0), {site: sae})
-    assert setting.utility_fields(model, nothing) == {"retain_acc": 1.0, "retain_drop": 0.0}
     strong = FeatureClamp(ClampConfig(features={site: tuple(range(int(sae.cfg.d_sae)))}, mode="multiply",
                                       value=-50.0), {site: sae})
-    fields = setting.utility_fields(model, strong)
+    both = setting.utility_fields(model, {"nothing": nothing, "strong": strong})
+    assert both["nothing"] == {"retain_acc": 1.0, "retain_drop": 0.0}
+    fields = both["strong"]
     assert fields["retain_drop"] == pytest.approx(1.0 - fields["retain_acc"]) and fields["retain_drop"] > 0

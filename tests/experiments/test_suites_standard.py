@@ -91,27 +91,24 @@ def test_units_give_summary_ready_records(tiny_plan):
             assert not (r["recovered"] and r["flagged"])  # a flagged input is no recovery
 
 
-def test_budget_zero_is_always_on_the_grid():
+def _clamp_plan(n: int):
+    """The plain clamp alone on IOI at budget 2, over 12 tiny samples of which 8 select."""
     model = tiny_model()
     saes = {site: tiny_sae("jumprelu", seed=50 + i) for i, site in enumerate(SITES)}
     pool = random_samples(model, n=12, seed=5)
-    config = SuiteConfig(suite="standard", settings=("ioi",), defenses=("clamp",), budgets=(2.0,), n=4,
+    config = SuiteConfig(suite="standard", settings=("ioi",), defenses=("clamp",), budgets=(2.0,), n=n,
                          options=(("n_latents", 6), ("n_select", 8), ("site", SITE), ("steps", 2)))
-    plan = build_plan(config, model, saes, lambda s, k, n: (pool[:k], pool[k : k + n]),
+    return build_plan(config, model, saes, lambda s, k, n: (pool[:k], pool[k : k + n]),
                       benign=(tiny_tokens(8, 12, seed=1), tiny_tokens(3, 12, seed=2)),
                       contrast=list(tiny_tokens(6, 5, seed=4)))
-    assert [u.budgets for u in plan.units] == [(0.0, 2.0)]
+
+
+def test_budget_zero_is_always_on_the_grid():
+    assert [u.budgets for u in _clamp_plan(4).units] == [(0.0, 2.0)]
 
 
 def test_a_setting_with_fewer_samples_than_n_says_so(tiny_plan):
-    model = tiny_model()
-    saes = {site: tiny_sae("jumprelu", seed=50 + i) for i, site in enumerate(SITES)}
-    pool = random_samples(model, n=12, seed=5)
-    config = SuiteConfig(suite="standard", settings=("ioi",), defenses=("clamp",), budgets=(2.0,), n=6,
-                         options=(("n_latents", 6), ("n_select", 8), ("site", SITE), ("steps", 2)))
-    plan = build_plan(config, model, saes, lambda s, k, n: (pool[:k], pool[k : k + n]),
-                      benign=(tiny_tokens(8, 12, seed=1), tiny_tokens(3, 12, seed=2)),
-                      contrast=list(tiny_tokens(6, 5, seed=4)))
+    plan = _clamp_plan(6)
     assert "ioi has 4 samples after the 8 kept for selection: it evaluates 4, not 6" in plan.notes
     assert not any("kept for selection: it evaluates" in note for note in tiny_plan[1].notes)
 
@@ -225,8 +222,8 @@ class ReversedConfig(IOIConfig):
 class ReversedSetting(IOISetting):
     config_cls = ReversedConfig
 
-    def utility_fields(self, model, defense):
-        return {"retain_drop": 0.25}
+    def utility_fields(self, model, defenses):
+        return {name: {"retain_drop": 0.25} for name in defenses}
 
 
 @pytest.fixture
