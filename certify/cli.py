@@ -4,7 +4,9 @@
 interruption and it finishes the missing work units only), then writes
 DIR/records.jsonl, DIR/summary.json, DIR/summary.csv, DIR/table.md, DIR/flags.json, the
 plots and DIR/report.html, prints the markdown table and ends with one JSON line.
-``report`` re-renders the outputs of DIR from its records; ``list`` shows the suites.
+``frontier`` does the same for the frontier suite and adds DIR/frontier.json, DIR/frontier.png and
+DIR/leaderboard.md (``certify.frontier``); ``report`` re-renders the outputs of DIR from its records;
+``list`` shows the suites.
 """
 
 from __future__ import annotations
@@ -19,7 +21,8 @@ from typing import Any
 from certify.checks import evaluate_checks, sorted_flags
 from certify.config import SuiteConfig, load_config_file, resolve_config
 from certify.files import OutLock, move_aside, remove_stale_temps, write_json_atomic, write_text_atomic
-from certify.plots import plot_bypass_vs_budget, plot_utility_vs_bypass
+from certify.frontier import frontier_data, frontier_points, leaderboard
+from certify.plots import plot_bypass_vs_budget, plot_frontier, plot_utility_vs_bypass
 from certify.plugins import load_plugins
 from certify.provenance import (
     build_provenance,
@@ -42,7 +45,9 @@ from guard.validate import one_line, writable_dir
 RUN_FILE = "run.json"
 RECORDS_FILE = "records.jsonl"
 # what write_outputs writes besides summary.json / summary.csv (moved aside by a fresh run)
-OUTPUT_FILES = ("table.md", "flags.json", "bypass_vs_budget.png", "utility_vs_bypass.png", "report.html")
+OUTPUT_FILES = ("table.md", "flags.json", "bypass_vs_budget.png", "utility_vs_bypass.png", "report.html",
+                "frontier.json", "frontier.png", "leaderboard.md")
+FRONTIER_SUITE = "frontier"
 
 
 def _utility_to_json(utility: Mapping[Any, float | Mapping[str, Any] | None]) -> list[dict[str, Any]]:
@@ -182,13 +187,33 @@ def run(config: SuiteConfig, fresh: bool = False) -> dict[str, Any]:
                                            "run_info": stats.to_dict()})
     severities = [f.severity for f in written["flags"]]
     return {
-        "table": written["table"],
+        "table": written["table"], "rows": written["rows"], "flags": written["flags"],
         "result": {"out": str(out), "suite": config.suite, "n_units": stats.n_units, "evaluated": stats.n_evaluated,
                    "skipped": stats.n_skipped, "n_records": len(records), "n_rows": len(written["rows"]),
                    "flags": {s: severities.count(s) for s in ("error", "warning", "info")},
                    "checks": {s: [c.status for c in written["checks"]].count(s) for s in ("ok", "raised", "not_applicable")},
                    "report": str(out / "report.html")},
     }
+
+
+def run_frontier(config: SuiteConfig, fresh: bool = False, quick: bool = False) -> dict[str, Any]:
+    """``run`` the frontier suite, then write OUT/frontier.json, OUT/frontier.png and OUT/leaderboard.md."""
+    outcome = run(config, fresh=fresh)
+    out = Path(outcome["result"]["out"])
+    with OutLock(out), RecordStore(out / RECORDS_FILE, readonly=True) as store:
+        meta = read_run_file(out / RUN_FILE)
+        records = store.records(units=meta["units"])
+        reference = meta["reference"]
+        points = frontier_points(records, outcome["rows"], outcome["flags"], reference=reference,
+                                 alpha=meta["config"]["alpha"])
+        write_json_atomic(out / "frontier.json", frontier_data(points, meta.get("provenance") or {}, reference))
+        budgets = [float(b) for b in meta["config"]["budgets"] or ()]
+        plot_frontier(points, out / "frontier.png", max_budget=max(budgets) if budgets else None)
+        board = leaderboard(points)
+        write_text_atomic(out / "leaderboard.md", board + "\n")
+    result = {**outcome["result"], "n_points": len(points), "non_dominated": sum(p.non_dominated for p in points),
+              "frontier": str(out / "frontier.json")}
+    return {**outcome, "table": board, "result": result}
 
 
 def rerender(out: Path, show_completions: bool = False) -> dict[str, Any]:
@@ -254,6 +279,29 @@ def build_parser() -> argparse.ArgumentParser:
                            description="Evaluate a suite into --out. Rerunning the same command after an "
                                        "interruption finishes only the missing work. Options given here override "
                                        "the --config file.")
+    _add_run_arguments(run_p)
+    front_p = sub.add_parser("frontier", help="sweep every defense family's strength: frontier.json, frontier.png "
+                                              "and a leaderboard (resumable)",
+                             description="Run the frontier suite into --out (each defense family at each strength "
+                                         "of its sweep, the same samples for all) and write frontier.json, "
+                                         "frontier.png and leaderboard.md beside the run's usual outputs.")
+    _add_run_arguments(front_p)
+    front_p.add_argument("--quick", action="store_true",
+                         help="the reduced sweep in minutes: n 8, budgets 0.02 0.05 0.2, 5 steps, one bisection "
+                              "round, unless given")
+    rep_p = sub.add_parser("report", help="re-render summary, plots and report from an output directory")
+    rep_p.add_argument("--out", type=Path, required=True, help="output directory of an earlier run")
+    rep_p.add_argument("--show-completions", action="store_true", help="include model completions")
+    list_p = sub.add_parser("list", help="list the registered suites")
+    list_p.add_argument("--plugin", action="append", dest="plugins", metavar="FILE_OR_MODULE",
+                        help="user code to import first (repeatable), e.g. one that registers a suite")
+    for p in (run_p, front_p, rep_p, list_p):  # SUPPRESS: given before the command, --debug is not reset here
+        p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                       help="show the traceback of an input error instead of one 'error:' line")
+    return parser
+
+
+def _add_run_arguments(run_p: argparse.ArgumentParser) -> None:
     run_p.add_argument("--config", type=Path, help="YAML (.yaml/.yml), TOML (.toml) or JSON config file")
     run_p.add_argument("--suite", help="suite name (see 'python -m certify list'); default 'standard'")
     run_p.add_argument("--out", help="output directory (default ./certify-out)")
@@ -278,16 +326,6 @@ def build_parser() -> argparse.ArgumentParser:
                        help="no progress bars")
     run_p.add_argument("--fresh", action="store_true",
                        help="move an earlier run in --out aside into previous-<time>/ and start over")
-    rep_p = sub.add_parser("report", help="re-render summary, plots and report from an output directory")
-    rep_p.add_argument("--out", type=Path, required=True, help="output directory of an earlier run")
-    rep_p.add_argument("--show-completions", action="store_true", help="include model completions")
-    list_p = sub.add_parser("list", help="list the registered suites")
-    list_p.add_argument("--plugin", action="append", dest="plugins", metavar="FILE_OR_MODULE",
-                        help="user code to import first (repeatable), e.g. one that registers a suite")
-    for p in (run_p, rep_p, list_p):  # SUPPRESS: given before the command, --debug is not reset here
-        p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
-                       help="show the traceback of an input error instead of one 'error:' line")
-    return parser
 
 
 def config_from_args(args: argparse.Namespace) -> SuiteConfig:
@@ -297,6 +335,19 @@ def config_from_args(args: argparse.Namespace) -> SuiteConfig:
                                                "plugins")}
     if args.option:
         overrides["options"] = dict(args.option)
+    if args.command == "frontier":
+        overrides["suite"] = overrides["suite"] or file_data.get("suite") or FRONTIER_SUITE
+        if args.quick:  # the suite's quick fields where neither the file nor the command line gives them
+            load_plugins(overrides["plugins"] or file_data.get("plugins") or ())
+            quick = dict(get_suite(overrides["suite"]).quick)
+            if not quick:
+                raise ToolkitError(f"certify frontier --quick: suite {overrides['suite']!r} has no quick settings")
+            for key, value in quick.items():
+                if key == "options":
+                    overrides["options"] = {**value, **dict(file_data.get("options") or {}),
+                                            **dict(overrides.get("options") or {})}
+                elif overrides.get(key) is None and key not in file_data:
+                    overrides[key] = value
     return resolve_config(file_data, overrides, where=f"config file {args.config}" if args.config else "config")
 
 
@@ -310,10 +361,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                 print(f"{suite.name}: {suite.description}")
             print(json.dumps({"suites": sorted(known)}))
             return 0
-        if args.command == "run":
+        if args.command in ("run", "frontier"):
             config = config_from_args(args)
             writable_dir(config.out, "--out")  # before any model is loaded, not after the run
-            outcome = run(config, fresh=args.fresh)
+            if args.command == "run":
+                outcome = run(config, fresh=args.fresh)
+            else:
+                outcome = run_frontier(config, fresh=args.fresh, quick=args.quick)
         else:
             outcome = rerender(args.out, args.show_completions)
     except ToolkitError as err:

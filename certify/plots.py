@@ -1,4 +1,4 @@
-"""PNG plots from summary rows: bypass rate against budget, and utility cost against bypass.
+"""PNG plots from summary rows: bypass rate against budget, utility cost against bypass, and the frontier.
 
 Drawn with matplotlib's object API on an Agg canvas (no pyplot, no global backend change).
 Abstaining rows (n_valid == 0) are left out of the curves, never drawn as zero.
@@ -7,12 +7,14 @@ Abstaining rows (n_valid == 0) are left out of the curves, never drawn as zero.
 from __future__ import annotations
 
 import io
+import math
 import os
 from collections import defaultdict
 from collections.abc import Iterable
 from pathlib import Path
 
 from certify.files import write_bytes_atomic
+from certify.frontier import FrontierPoint
 from certify.stats import confidence_label
 from certify.summary import SummaryRow, rows_alpha
 
@@ -102,4 +104,36 @@ def plot_utility_vs_bypass(rows: Iterable[SummaryRow], path: str | os.PathLike[s
     ax.set_title("utility cost against bypass (lower left is better)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
+    return _save(fig, path)
+
+
+def plot_frontier(points: Iterable[FrontierPoint], path: str | os.PathLike[str], max_budget: float | None = None) -> Path:
+    """Per setting: delta CE (x) against the median minimal recovering budget (y, log), one curve per defense
+    family through its strengths, the plain clamp in black as the reference, non-dominated points ringed.
+    A median above the largest budget (censored) is drawn at ``max_budget`` as an upward triangle; a point
+    without valid samples is left out."""
+    points = [p for p in points if p.median_min_budget is not None and p.delta_ce is not None]
+    settings = sorted({p.setting for p in points}) or ["(no point with valid samples)"]
+    fig, axes = _figure(len(settings))
+    colors = _colors(p.defense for p in points)
+    top = max_budget or max((p.median_min_budget for p in points if math.isfinite(p.median_min_budget)), default=1.0)
+    for ax, setting in zip(axes, settings, strict=True):
+        here = [p for p in points if p.setting == setting]
+        for family in sorted({p.defense for p in here}):
+            curve = sorted((p for p in here if p.defense == family), key=lambda p: (p.strength is None, p.strength))
+            ys = [min(p.median_min_budget, top) for p in curve]
+            color = "black" if family == "clamp" else colors[family]
+            ax.plot([p.delta_ce for p in curve], ys, "-", color=color, lw=2.2 if family == "clamp" else 1.2,
+                    label=family)
+            for p, y in zip(curve, ys, strict=True):
+                ax.plot(p.delta_ce, y, "^" if math.isinf(p.median_min_budget) else "o", color=color, ms=5)
+                if p.non_dominated:
+                    ax.plot(p.delta_ce, y, "o", mfc="none", mec="red", ms=11, mew=1.5)
+        ax.set_yscale("log")
+        ax.set_xlabel("delta CE on benign text (nats)")
+        ax.set_ylabel("median minimal recovering budget (relative L2)")
+        ax.set_title(f"{setting} (red rings: non-dominated; ^: above {top:g})", fontsize=9)
+        ax.grid(alpha=0.3)
+    if points:
+        axes[-1].legend(fontsize=7, loc="best")
     return _save(fig, path)

@@ -214,3 +214,51 @@ def holm(p_values: Sequence[float | None]) -> list[float | None]:
         running = max(running, min(1.0, (m - rank) * p))
         out[i] = running
     return out
+
+
+@dataclass(frozen=True)
+class MedianResult:
+    """A median with its distribution-free interval: ``[low, high]`` is ``[x_(j), x_(n+1-j)]`` of the sorted
+    values, the widest pair of order statistics with coverage >= ``1 - alpha`` for the true median
+    (``coverage``: its exact coverage). Values may be ``inf`` (censored: larger than anything measured),
+    so a median or bound of ``inf`` says only "above the largest budget tried"."""
+
+    median: float
+    low: float
+    high: float
+    n: int
+    n_censored: int
+    coverage: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: (None if isinstance(v, float) and math.isinf(v) else v) for k, v in asdict(self).items()}
+
+
+def median_interval(values: Sequence[float], alpha: float = 0.05) -> MedianResult:
+    """The median of ``values`` and an exact order-statistic interval (binomial with p = 1/2), right-censored
+    values given as ``inf``. With too few values for any pair to reach ``1 - alpha`` the interval is
+    ``[0, inf]`` (nothing is claimed)."""
+    alpha = _check_alpha(alpha, "median interval")
+    xs = sorted(float(v) for v in values)
+    n = len(xs)
+    if n == 0:
+        raise ToolkitError("median interval: no values")
+    if any(math.isnan(x) for x in xs):
+        raise ToolkitError("median interval: NaN among the values")
+    median = xs[(n - 1) // 2] if n % 2 else (xs[n // 2 - 1] + xs[n // 2]) / 2
+    # P(x_(j) <= m <= x_(n+1-j)) = 1 - 2 P(Bin(n, 1/2) <= j - 1); take the largest j that keeps it >= 1 - alpha
+    tail, j = Fraction(0), 0
+    weights = [Fraction(math.comb(n, i), 2 ** n) for i in range(n + 1)]
+    while j + 1 <= (n + 1) // 2 and 1 - 2 * (tail + weights[j]) >= 1 - alpha:
+        tail += weights[j]
+        j += 1
+    if j == 0:
+        return MedianResult(median, 0.0, math.inf, n, sum(math.isinf(x) for x in xs), 1.0)
+    return MedianResult(median, xs[j - 1], xs[n - j], n, sum(math.isinf(x) for x in xs), float(1 - 2 * tail))
+
+
+def recovered_curve(minimal: Sequence[float], budgets: Sequence[float]) -> list[float]:
+    """The fraction of samples recovered at a budget <= b, for each b of ``budgets`` (censored: ``inf``)."""
+    if not minimal:
+        raise ToolkitError("recovered curve: no samples")
+    return [sum(m <= b for m in minimal) / len(minimal) for b in budgets]

@@ -70,7 +70,8 @@ class Suite:
     ``option_defaults`` (a mapping or a lazy ``"module:NAME"``): the suite's option defaults,
     so that a run can be compared with an earlier one in its output directory before the
     (possibly slow) planning starts. ``volatile_options``: options that never change a record
-    (a pause for interruption tests), ignored in that comparison.
+    (a pause for interruption tests), ignored in that comparison. ``quick``: the config fields a quick run
+    sets where they are not given (``certify frontier --quick``; ``options`` merged option by option).
     """
 
     name: str
@@ -79,6 +80,7 @@ class Suite:
     defaults: Mapping[str, Any] = field(default_factory=dict)
     option_defaults: Mapping[str, Any] | str = field(default_factory=dict)
     volatile_options: tuple[str, ...] = ()
+    quick: Mapping[str, Any] = field(default_factory=dict)
 
     def _load(self, ref: str) -> Any:
         module_name, _, attr = ref.partition(":")

@@ -19,3 +19,8 @@ THREATS = Suite("threats", "experiments.suites:build_standard",
                 defaults={"threats": ("residual", "embedding", "tokens"), "settings": ("ioi", "recall"),
                           "defenses": ("clamp", "splice", "error_monitor")},
                 option_defaults="experiments.suites:OPTION_DEFAULTS")
+# every defense family swept over its strength knob (certify frontier); quick: the reduced sweep in minutes
+FRONTIER = Suite("frontier", "experiments.frontier:build_frontier",
+                 "each defense family swept over its strength: utility, bypass and minimal recovering budgets",
+                 option_defaults="experiments.frontier:OPTION_DEFAULTS",
+                 quick={"n": 8, "budgets": (0.0, 0.02, 0.05, 0.2), "options": {"steps": 5, "rounds": 1, "quick": True}})

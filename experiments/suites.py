@@ -29,7 +29,8 @@ clamp's there, or its detector fired). Utility per (defense, setting): ``delta_c
 fields (``Setting.utility_fields``: unlearning's retain accuracy and its drop).
 
 Options: ``steps`` (steps per cascade stage, 20), ``n_select`` (selection samples, 48),
-``attack_batch`` (64 rows: samples x budgets), ``seq_len`` (benign chunk length, 64). The clamp
+``attack_batch`` (64 rows: samples x budgets), ``seq_len`` (benign chunk length, 64), ``rounds``
+(bisection rounds of each sample's minimal recovering budget after the budget grid, 0). The clamp
 options are each setting's own (its config, with ``SETTING_DEFAULTS``: IOI and recall clamp 32
 latents at blocks.6, unlearning searches its clamp within its own utility budget) unless given:
 ``site``, ``n_latents`` (at most this many with a budget), ``max_density`` (leave out latents
@@ -53,6 +54,7 @@ from typing import Any
 
 import torch
 
+from attacks.budget import BudgetBracket, grid_bracket, refine_brackets
 from attacks.forward import full_forward
 from attacks.ladder import THREATS, Rung, SuffixOptions, build_rung, rung_budgets
 from attacks.runner import STAGE_NAMES, AttackedChunk, attack_samples, default_stages
@@ -89,12 +91,14 @@ DEFAULTS = {"settings": ("ioi", "recall", "unlearning"), "budgets": (0.0, 0.02, 
 OPTION_DEFAULTS = {"steps": 20, "n_select": 48, "n_latents": 0, "site": "",
                    "attack_batch": 64, "seq_len": 64, "suffix_tokens": 10, "embedding_budget": 1.0,
                    "token_steps": 10, "token_candidates": 32, "token_top_k": 64, "max_density": None,
-                   "max_delta_ce": None}
+                   "max_delta_ce": None, "rounds": 0}
 CLAMP_OPTIONS = ("site", "n_latents", "max_density", "max_delta_ce")
 # the suite's clamp where it differs from the setting config's default (the subject's blocks.6 SAE)
 SETTING_DEFAULTS = {"ioi": {"site": "blocks.6.hook_resid_post", "n_latents": 32},
                     "recall": {"site": "blocks.6.hook_resid_post", "n_latents": 32}}
-PLACEHOLDERS = (" x", "x", "!")  # the suffix's starting token: the first of these that is one token
+PLACEHOLDERS = (" x", "x", "!")
+# the evaluated defenses from the built ones and the SAEs (the frontier's points); see build_plan
+Expand = Callable[[dict[str, Defense], Mapping[str, object]], dict[str, Defense]]  # the suffix's starting token: the first of these that is one token
 
 
 @dataclass(frozen=True)
@@ -108,13 +112,17 @@ class StandardUnit:
     n: int
     steps: int
     threat: str = "residual"
+    rounds: int = 0  # bisection rounds of each sample's minimal budget after the grid
 
     @property
     def key(self) -> str:
-        """The unit's identity; a residual unit keeps the one it had before threats existed (and so its seed)."""
+        """The unit's identity; a residual unit without bisection keeps the one it had before threats and
+        rounds existed (and so its seed)."""
         fields = dataclasses.asdict(self)
         if self.threat == "residual":
             del fields["threat"]
+        if not self.rounds:
+            del fields["rounds"]
         return json.dumps({"type": type(self).__name__, **fields}, sort_keys=True, default=str)
 
 
@@ -189,10 +197,12 @@ def build_world(model, saes: Mapping[str, object], setting_name: str, select: Se
                 evaluate: Sequence[Sample], defense_names: Sequence[str], *, calib_tokens: torch.Tensor,
                 eval_tokens: torch.Tensor, contrast: Sequence[torch.Tensor],
                 threats: Sequence[str] = ("residual",), suffix: SuffixOptions | None = None,
-                overrides: Mapping[str, Any] | None = None, batch_size: int = 16) -> SettingWorld:
+                overrides: Mapping[str, Any] | None = None, batch_size: int = 16,
+                expand: Expand | None = None) -> SettingWorld:
     """Select the clamp (the setting's config with ``overrides``), calibrate and build every named defense
     composed with it, measure utility, and validity per threat (on the input the threat starts from, so
-    budget 0 is the validated input on every rung)."""
+    budget 0 is the validated input on every rung). ``expand`` maps the built defenses to the ones
+    evaluated (the frontier's points of each defense's sweep); default: those built."""
     suffix = suffix or SuffixOptions()
     setting = get_setting(setting_name, **(overrides or {}))
     site = setting.config.site
@@ -215,9 +225,11 @@ def build_world(model, saes: Mapping[str, object], setting_name: str, select: Se
         defenses = build_defaults(defense_names, saes, features, (site,), tmp, lambda: CalibrationData.collect(
             model, saes, (site,), calib_tokens, behaviour, list(contrast), features, clamp=clamp), clamp=clamp)
     log(f"calibrated and built {', '.join(defenses)}")
+    if expand is not None:
+        defenses = expand(defenses, saes)
     own = setting.utility_fields(model, defenses)
-    utility = {name: {"delta_ce": r.delta_ce, **own[name]}
-               for name, r in measure_utility_many(model, defenses, eval_tokens).items()}
+    utility = {name: {"delta_ce": r.delta_ce, **({} if r.flag_rate is None else {"flag_rate": r.flag_rate}),
+                      **own[name]} for name, r in measure_utility_many(model, defenses, eval_tokens).items()}
     log(f"utility of {len(defenses)} defenses on {tuple(eval_tokens.shape)} benign tokens")
     inputs = {t: threat_inputs(evaluate, t, suffix) for t in threats}
     valid, scores = {}, {}
@@ -247,12 +259,16 @@ def unit_rung(world: SettingWorld, unit: StandardUnit, defense: Defense) -> Rung
     return build_rung(unit.threat, residual, unit.budgets, unit.steps, world.suffix)
 
 
-def evaluate_unit(world: SettingWorld, unit: StandardUnit, model, *, attack_batch: int = 64) -> list[dict[str, Any]]:
+def evaluate_unit(world: SettingWorld, unit: StandardUnit, model, *, attack_batch: int = 64,
+                  reference: str = REFERENCE) -> list[dict[str, Any]]:
     """Records of one unit: per budget, one per invalid sample and one per attacked valid sample.
 
     Every positive budget's rows run in the same batches (per-row budgets), so an attack step
     is paid once for all budgets; budget 0 is one checked forward. On the token rung a success
     counts only if it replays from text (``replay_verified``); its suffix is kept as token ids.
+    On the residual rung each attacked record also carries its sample's minimal recovering budget
+    (``min_budget``, None when not recovered at the largest budget: censored; ``min_budget_lower``):
+    the bracket of the grid, bisected ``unit.rounds`` times by the same cascade.
     """
     defense = world.defenses[unit.defense]
     rung = unit_rung(world, unit, defense)
@@ -265,7 +281,7 @@ def evaluate_unit(world: SettingWorld, unit: StandardUnit, model, *, attack_batc
                                     score_defended=dfd[i])
                for b in rung.budgets for i, s in enumerate(samples) if not valid[i]]
     attacked = [i for i in range(len(samples)) if valid[i]]
-    reference = world.defenses[REFERENCE] if unit.defense != REFERENCE else None
+    reference = world.defenses[reference] if unit.defense != reference else None
     seed = unit_seed(unit.seed, unit)
     chunks = []
     for budgets, stages in (([b for b in rung.budgets if b == 0], rung.stages(seed, budget_zero=True)),
@@ -295,7 +311,36 @@ def evaluate_unit(world: SettingWorld, unit: StandardUnit, model, *, attack_batc
                 binds = moved or chunk.outcome.ever_flagged[j]
             records.append(SampleRecord.from_outcome(chunk.outcome, j, score_undefended=und[i], binds=binds,
                                                      extra=extra[j], **key, budget=b, sample_id=samples[i].id))
-    return [r.to_dict() for r in records]
+    out = [r.to_dict() for r in records]
+    if unit.threat == "residual" and attacked:
+        brackets = minimal_budgets(model, defense, rung, samples, attacked, out, unit.rounds, seed, attack_batch)
+        for r in out:
+            if r["attack"] != "-":
+                r.update(brackets[r["sample_id"]].to_dict())
+    return out
+
+
+def minimal_budgets(model, defense: Defense, rung: Rung, samples: Sequence[Sample], attacked: Sequence[int],
+                    records: Sequence[Mapping[str, Any]], rounds: int, seed: int,
+                    attack_batch: int) -> dict[str, BudgetBracket]:
+    """Per attacked sample id: the bracket of its minimal recovering budget from the grid's ``records``,
+    bisected ``rounds`` times, each round one batched cascade over the samples still bracketed."""
+    by_id: dict[str, list[tuple[float, bool]]] = {}
+    for r in records:
+        if r["attack"] != "-":
+            by_id.setdefault(r["sample_id"], []).append((r["budget"], bool(r["recovered"])))
+    order = [samples[i].id for i in attacked]
+    brackets = [grid_bracket(*zip(*by_id[sid], strict=True)) for sid in order]
+    stages = rung.stages(seed)
+
+    def recovers(pairs: list[tuple[int, float]]) -> list[bool]:
+        chunks = attack_samples(model, defense, rung.threat, pairs,
+                                lambda chunk: SettingObjective([samples[attacked[k]] for k, _ in chunk]),
+                                lambda p: samples[attacked[p[0]]].tokens, stages, batch_size=attack_batch,
+                                budget_of=lambda p: p[1])
+        return [bool(x) for c in chunks for x in c.outcome.result.success]
+
+    return dict(zip(order, refine_brackets(brackets, recovers, rounds), strict=True))
 
 
 def clamp_note(setting: str, choice: ClampChoice) -> str:
@@ -321,17 +366,23 @@ def clamp_note(setting: str, choice: ClampChoice) -> str:
             f"{chosen.delta_ce:+.3f} nats on calibration text{retain}.")
 
 
+def family(name: str) -> str:
+    """The registered defense an evaluated one is a point of (``splice@0.25`` -> ``splice``)."""
+    return name.partition("@")[0]
+
+
 def buildable_defenses() -> tuple[str, ...]:
     """Every registered defense (plain clamp first)."""
     names = list(DEFENSES)
     return tuple(["clamp"] + [n for n in names if n != "clamp"])
 
 
-def check_config(config: SuiteConfig) -> tuple[SuiteConfig, dict[str, Any]]:
+def check_config(config: SuiteConfig,
+                 option_defaults: Mapping[str, Any] = OPTION_DEFAULTS) -> tuple[SuiteConfig, dict[str, Any]]:
     """The config with the suite's defaults and its checked options; every name and number is
     checked here, before any model is loaded."""
     config = config.with_defaults({**DEFAULTS, "defenses": buildable_defenses()})
-    opts = check_options(config.option_dict, OPTION_DEFAULTS, "standard suite",
+    opts = check_options(config.option_dict, option_defaults, f"{config.suite} suite",
                          positive=("steps", "n_select", "attack_batch", "seq_len", "suffix_tokens",
                                    "embedding_budget", "token_candidates", "token_top_k"))
     if opts["seq_len"] < 2:
@@ -373,14 +424,19 @@ def usable_defenses(config: SuiteConfig, model, saes: Mapping[str, object], site
 def build_plan(config: SuiteConfig, model, saes: Mapping[str, object],
                samples: Callable[[str, int, int], tuple[list[Sample], list[Sample]]], *,
                benign: tuple[torch.Tensor, torch.Tensor] | None = None,
-               contrast: Sequence[torch.Tensor] | None = None, subject_name: str = "user") -> SuitePlan:
+               contrast: Sequence[torch.Tensor] | None = None, subject_name: str = "user",
+               expand: Expand | None = None, reference: str = REFERENCE,
+               option_defaults: Mapping[str, Any] = OPTION_DEFAULTS) -> SuitePlan:
     """The plan on any model + SAEs; ``samples(setting, n_select, n)`` gives (selection, evaluation).
 
     ``benign``: (calibration, held-out) token chunks [batch, pos] (default: guard's built-in benign
     text); ``contrast``: contrast prompts for direction calibrations (default: guard's harmless requests).
+    ``expand``: the evaluated defenses from those built (``build_world``), each named ``FAMILY`` or
+    ``FAMILY@STRENGTH`` (the frontier's points); ``reference``: the one the others are paired with;
+    ``option_defaults``: the options the suite takes.
     """
     requested = config.defenses is not None
-    config, opts = check_config(config)
+    config, opts = check_config(config, option_defaults)
     if benign is None and int(opts["seq_len"]) > model.cfg.n_ctx:
         raise ToolkitError(f"standard suite: option seq_len {opts['seq_len']} is longer than the model's context "
                            f"window of {model.cfg.n_ctx} tokens")
@@ -396,14 +452,16 @@ def build_plan(config: SuiteConfig, model, saes: Mapping[str, object],
         select, evaluate = samples(setting, int(opts["n_select"]), config.n)
         worlds[setting] = build_world(model, saes, setting, select, evaluate, config.defenses, calib_tokens=calib,
                                       eval_tokens=held_out, contrast=contrast, threats=config.threats,
-                                      suffix=suffix, overrides=overrides[setting])
+                                      suffix=suffix, overrides=overrides[setting], expand=expand)
     budgets = sorted({0.0, *config.budgets})  # budget 0 is free and checks validity against recovery
-    units = tuple(StandardUnit(d, s, rung_budgets(t, budgets, suffix), config.seed, config.n, int(opts["steps"]), t)
-                  for s in config.settings for d in config.defenses for t in config.threats)
-    utility = {(d, s): worlds[s].utility[d] for s in config.settings for d in config.defenses}
+    units = tuple(StandardUnit(d, s, rung_budgets(t, budgets, suffix), config.seed, config.n, int(opts["steps"]), t,
+                               int(opts["rounds"]))
+                  for s in config.settings for d in worlds[s].defenses for t in config.threats)
+    utility = {(d, s): worlds[s].utility[d] for s in config.settings for d in worlds[s].defenses}
 
     def evaluate(unit: StandardUnit) -> list[dict[str, Any]]:
-        return evaluate_unit(worlds[unit.setting], unit, model, attack_batch=int(opts["attack_batch"]))
+        return evaluate_unit(worlds[unit.setting], unit, model, attack_batch=int(opts["attack_batch"]),
+                             reference=reference)
 
     # a setting with fewer samples than n evaluates what it has, and says so rather than report a smaller n silently
     short = tuple(f"{s} has {len(worlds[s].evaluate)} samples after the {opts['n_select']} kept for selection: "
@@ -437,9 +495,10 @@ def build_plan(config: SuiteConfig, model, saes: Mapping[str, object],
         "stages": [{"stage": st.name, **st.config.to_dict()} for st in default_stages(int(opts["steps"]))],
         **({"rungs": rungs} if rungs else {}),
     }
-    verified = {name: r.status for name, r in verify_defenses(config.defenses).items()}
+    status = {name: r.status for name, r in verify_defenses(config.defenses).items()}
+    verified = {d: status[family(d)] for s in config.settings for d in worlds[s].defenses}
     measured = {"clamp_selection": {s: worlds[s].choice.to_dict() for s in config.settings}}
-    return SuitePlan(units, evaluate, utility, config, reference=REFERENCE, notes=notes, fingerprint=fingerprint,
+    return SuitePlan(units, evaluate, utility, config, reference=reference, notes=notes, fingerprint=fingerprint,
                      required_checks=REQUIRED_CHECKS, verified=verified, provenance=measured)
 
 
@@ -462,14 +521,16 @@ def user_subject(spec: str) -> Subject:
     return subject
 
 
-def build_standard(config: SuiteConfig) -> SuitePlan:
-    """The standard suite on the embedded subject, or on ``--subject FILE.py:FUNCTION`` (see module docstring)."""
+def build_standard(config: SuiteConfig, *, expand: Expand | None = None, reference: str = REFERENCE,
+                   option_defaults: Mapping[str, Any] = OPTION_DEFAULTS) -> SuitePlan:
+    """The standard suite on the embedded subject, or on ``--subject FILE.py:FUNCTION`` (see module docstring);
+    ``expand``, ``reference`` and ``option_defaults`` as for ``build_plan`` (the frontier's)."""
     if config.subject != "default" and ":" not in config.subject:
         raise ToolkitError(f"standard suite: subject must be 'default' or FILE.py:FUNCTION / module:FUNCTION "
                            f"returning a Subject, got {config.subject!r}")
     if config.device.startswith("cuda") and not torch.cuda.is_available():
         raise ToolkitError(f"standard suite: device {config.device!r} requested but CUDA is not available")
-    check_config(config)
+    check_config(config, option_defaults)
     default = config.subject == "default"
     subject = _subject(config.device) if default else user_subject(config.subject)
     model = subject.model
@@ -482,4 +543,5 @@ def build_standard(config: SuiteConfig) -> SuitePlan:
         return everything[:n_select], everything[n_select : n_select + n]
 
     return build_plan(config, model, dict(subject.saes), samples,
-                      subject_name=SUBJECT_NAME if default else config.subject)
+                      subject_name=SUBJECT_NAME if default else config.subject, expand=expand, reference=reference,
+                      option_defaults=option_defaults)

@@ -30,12 +30,12 @@ from guard.errors import ToolkitError
 from guard.named import Registry
 from guard.registry import DEFENSES, build_defaults, build_defense, config_from_dict, register_defense
 from guard.residual import ResidualConfig, ResidualDefense
-from guard.spec import CalibrationData, DefenseSpec
+from guard.spec import CalibrationData, DefenseSpec, Sweep
 from guard.utility import measure_utility, measure_utility_many
 
 __all__ = [
     "DEFENSES", "CalibrationData", "Calibration", "ClampConfig", "DefendedLatents", "Defense", "DefenseConfig",
-    "DefenseSpec", "FeatureClamp", "Registry", "ResidualConfig", "ResidualDefense", "ToolkitError",
+    "DefenseSpec", "FeatureClamp", "Registry", "ResidualConfig", "ResidualDefense", "Sweep", "ToolkitError",
     "build_defaults", "build_defense", "collect_resid", "config_from_dict", "last_token_resid",
     "load_calibration", "measure_utility", "measure_utility_many", "register_defense",
 ]

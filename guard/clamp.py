@@ -29,7 +29,7 @@ import torch
 from guard.base import DefendedLatents, Defense, DefenseConfig
 from guard.errors import ToolkitError, unknown_name
 from guard.sae_ops import check_activations, check_features, encode, feature_delta, sink_mask
-from guard.spec import DefenseSpec
+from guard.spec import DefenseSpec, Sweep
 
 MODES = ("set", "multiply")
 
@@ -123,4 +123,5 @@ class FeatureClamp(Defense):
 
 
 SPEC = DefenseSpec(ClampConfig, FeatureClamp,
-                   selftest=lambda features: ClampConfig(features=features, mode="multiply", value=0.3))
+                   selftest=lambda features: ClampConfig(features=features, mode="multiply", value=0.3),
+                   sweep=Sweep("features", (0.25, 0.5, 1.0)))

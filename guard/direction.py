@@ -30,7 +30,7 @@ from guard.base import Defense, DefenseConfig
 from guard.calibration import Calibration, check_covers, check_site_data, resolve
 from guard.errors import ToolkitError
 from guard.sae_ops import sink_mask
-from guard.spec import CalibrationData, DefenseSpec
+from guard.spec import CalibrationData, DefenseSpec, Sweep
 from guard.subspace import difference_of_means
 
 
@@ -116,4 +116,5 @@ def _calibrate(data: CalibrationData) -> DirectionCalibration:
 SPEC = DefenseSpec(DirectionConfig, DirectionAblation,
                    default=lambda features, sites, calibration: DirectionConfig(sites=sites, calibration=calibration),
                    calibrate=_calibrate,
-                   selftest=lambda features: DirectionConfig())
+                   selftest=lambda features: DirectionConfig(),
+                   sweep=Sweep("strength", (0.25, 0.5, 1.0)))

@@ -39,7 +39,7 @@ import torch
 from guard.calibration import Calibration
 from guard.errors import ToolkitError
 from guard.residual import ResidualConfig, ResidualDefense, benign_errors
-from guard.spec import CalibrationData, DefenseSpec
+from guard.spec import CalibrationData, DefenseSpec, Sweep
 
 
 @dataclass(frozen=True)
@@ -154,4 +154,5 @@ def _calibrate(data: CalibrationData) -> EllipsoidCalibration:
 
 SPEC = DefenseSpec(EllipsoidConfig, EllipsoidGuard,
                    calibrate=_calibrate,
-                   selftest=lambda features: EllipsoidConfig(features=features))
+                   selftest=lambda features: EllipsoidConfig(features=features),
+                   sweep=Sweep("scale", (0.5, 1.0, 2.0)))

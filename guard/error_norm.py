@@ -29,7 +29,7 @@ import torch
 from guard.calibration import Calibration
 from guard.errors import ToolkitError
 from guard.residual import ResidualConfig, ResidualDefense, benign_errors
-from guard.spec import CalibrationData, DefenseSpec
+from guard.spec import CalibrationData, DefenseSpec, Sweep
 
 
 @dataclass(frozen=True)
@@ -90,4 +90,5 @@ def _calibrate(data: CalibrationData) -> ErrorNormCalibration:
 
 SPEC = DefenseSpec(ErrorNormConfig, ErrorNormBound,
                    calibrate=_calibrate,
-                   selftest=lambda features: ErrorNormConfig(features=features, quantile=0.3))
+                   selftest=lambda features: ErrorNormConfig(features=features, quantile=0.3),
+                   sweep=Sweep("threshold_scale", (0.25, 0.5, 1.0)))

@@ -47,7 +47,7 @@ from guard.calibration import Calibration, check_covers, check_site_data, resolv
 from guard.clamp import ClampConfig, FeatureClamp, clamp_delta, normalise_features
 from guard.errors import ToolkitError, unknown_name
 from guard.sae_ops import check_activations, check_features, encode, sink_mask, straight_through_active
-from guard.spec import CalibrationData, DefenseSpec
+from guard.spec import CalibrationData, DefenseSpec, Sweep
 
 
 @dataclass(frozen=True)
@@ -177,4 +177,5 @@ SPEC = DefenseSpec(GatedClampConfig, GatedClamp,
                    calibrate=_calibrate,
                    # fires on about half of the tiny world's random benign tokens, so it edits there
                    selftest=lambda features: GatedClampConfig(features=features, mode="multiply", value=0.3,
-                                                              benign_rate=0.5))
+                                                              benign_rate=0.5),
+                   sweep=Sweep("threshold_scale", (0.5, 1.0, 2.0)))

@@ -37,7 +37,7 @@ from guard.error_norm import SPEC as ERROR_NORM_SPEC
 from guard.error_norm import ErrorNormCalibration, check_quantile
 from guard.errors import ToolkitError
 from guard.residual import ResidualConfig, ResidualDefense
-from guard.spec import DefenseSpec
+from guard.spec import DefenseSpec, Sweep
 
 DEFAULT_REFUSAL = "I'm sorry, but I can't help with that."
 
@@ -161,4 +161,5 @@ def false_positive_rate(model, monitor: ErrorMonitor, prompts: Iterable[torch.Te
 # the monitor reads the error-norm bound's calibration (benign quantiles of ||e||)
 SPEC = DefenseSpec(ErrorMonitorConfig, ErrorMonitor,
                    calibrate=ERROR_NORM_SPEC.calibrate,
-                   selftest=lambda features: ErrorMonitorConfig(features=features, quantile=0.5))
+                   selftest=lambda features: ErrorMonitorConfig(features=features, quantile=0.5),
+                   sweep=Sweep("threshold_scale", (0.75, 1.0, 1.25)))

@@ -71,6 +71,24 @@ class CalibrationData:
 
 
 @dataclass(frozen=True)
+class Sweep:
+    """A defense's strength knob, swept by the frontier (``certify frontier``): the config ``field`` and
+    its ``values`` (``quick``: the reduced sweep, default the same). For the field ``features`` a value is
+    the fraction of the clamp's latents kept, the top-ranked first (the clamp's count)."""
+
+    field: str
+    values: tuple[float, ...]
+    quick: tuple[float, ...] = ()
+
+    def __post_init__(self) -> None:
+        if not self.values or len(set(self.values)) != len(self.values):
+            raise ToolkitError(f"Sweep of {self.field!r}: values must be distinct and not empty, got {self.values}")
+
+    def grid(self, quick: bool = False) -> tuple[float, ...]:
+        return (self.quick or self.values) if quick else self.values
+
+
+@dataclass(frozen=True)
 class DefenseSpec:
     """A registered defense.
 
@@ -82,6 +100,7 @@ class DefenseSpec:
     ``selftest(features)``: a config that edits in the attack unit tests' tiny world (None:
     the defense stays "unverified"). ``unusable(model, saes, features)``: why the defense cannot
     be built on this subject with this clamp (None: it can), asked before any calibration.
+    ``sweep``: its strength knob for the frontier (None: the frontier evaluates its default alone).
     """
 
     config: type[DefenseConfig]
@@ -90,6 +109,7 @@ class DefenseSpec:
     calibrate: Callable[[CalibrationData], Calibration] | None = None
     selftest: Callable[[Features], DefenseConfig] | None = None
     unusable: Callable[[Any, Mapping[str, Any], Features], str | None] | None = None
+    sweep: Sweep | None = None
 
     def __post_init__(self) -> None:
         if not (isinstance(self.config, type) and issubclass(self.config, DefenseConfig)):
@@ -101,6 +121,9 @@ class DefenseSpec:
             value = getattr(self, name)
             if value is not None and not callable(value):
                 raise ToolkitError(f"DefenseSpec {self.config.name!r}: {name} must be callable")
+        if self.sweep is not None and self.sweep.field not in {f.name for f in fields(self.config)}:
+            raise ToolkitError(f"DefenseSpec {self.config.name!r}: sweep field {self.sweep.field!r} is not a field "
+                               f"of {self.config.__name__}")
 
     @property
     def name(self) -> str:

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import torch
 
 from guard.residual import ResidualConfig, ResidualDefense
-from guard.spec import DefenseSpec
+from guard.spec import DefenseSpec, Sweep
 
 
 @dataclass(frozen=True)
@@ -49,4 +49,5 @@ class ReconstructionSplice(ResidualDefense):
 
 
 SPEC = DefenseSpec(SpliceConfig, ReconstructionSplice,
-                   selftest=lambda features: SpliceConfig(features=features))
+                   selftest=lambda features: SpliceConfig(features=features),
+                   sweep=Sweep("error_scale", (0.0, 0.25, 0.5)))

@@ -36,7 +36,7 @@ import torch
 from guard.calibration import Calibration
 from guard.errors import ToolkitError
 from guard.residual import ResidualConfig, ResidualDefense, benign_errors
-from guard.spec import CalibrationData, DefenseSpec
+from guard.spec import CalibrationData, DefenseSpec, Sweep
 
 
 @dataclass(frozen=True)
@@ -166,4 +166,5 @@ def _calibrate(data: CalibrationData) -> ErrorSubspaceCalibration:
 
 SPEC = DefenseSpec(ErrorSubspaceConfig, ErrorSubspaceProjection,
                    calibrate=_calibrate,
-                   selftest=lambda features: ErrorSubspaceConfig(features=features, rank=5))
+                   selftest=lambda features: ErrorSubspaceConfig(features=features, rank=5),
+                   sweep=Sweep("energy", (0.5, 0.8, 0.95)))

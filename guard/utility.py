@@ -2,7 +2,8 @@
 on benign text.
 
 Per defense: ``delta_ce`` = CE(defended) - CE(undefended), ``kl`` = mean over predicted
-tokens of KL(undefended || defended) (nats). The pipeline that calibrates every registered
+tokens of KL(undefended || defended) (nats); for a detector, ``flag_rate``, the fraction of benign
+sequences it flags. The pipeline that calibrates every registered
 defense and measures it is ``experiments.utility`` (and the certify suites).
 """
 
@@ -29,6 +30,7 @@ class UtilityResult:
     ce_base: float
     ce_defended: float
     n_tokens: int
+    flag_rate: float | None = None  # a detector: the fraction of benign sequences it flagged (its false positives)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -43,6 +45,7 @@ def measure_utility_many(model, defenses: Mapping[str, Defense], tokens: torch.T
     ce_base = 0.0
     ce_def = dict.fromkeys(defenses, 0.0)
     kl = dict.fromkeys(defenses, 0.0)
+    flagged: dict[str, int | None] = dict.fromkeys(defenses, 0)
     n = 0
     batches = tokens.split(batch_size)
     if progress:
@@ -55,10 +58,16 @@ def measure_utility_many(model, defenses: Mapping[str, Defense], tokens: torch.T
         for name, defense in defenses.items():
             with defense.applied(model):
                 logp = model(batch).log_softmax(-1)[:, :-1].double()
+                flags = defense.flags()
+            if flags is None or flagged[name] is None:
+                flagged[name] = None
+            else:
+                flagged[name] += int(flags.sum())
             ce_def[name] += float(-logp.gather(-1, target).sum())
             kl[name] += float((base.exp() * (base - logp)).sum())
     return {name: UtilityResult(name=name, delta_ce=(ce_def[name] - ce_base) / n, kl=kl[name] / n,
-                                ce_base=ce_base / n, ce_defended=ce_def[name] / n, n_tokens=n)
+                                ce_base=ce_base / n, ce_defended=ce_def[name] / n, n_tokens=n,
+                                flag_rate=None if flagged[name] is None else flagged[name] / tokens.shape[0])
             for name in defenses}
 
 

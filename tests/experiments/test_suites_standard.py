@@ -57,7 +57,11 @@ def test_plan_covers_every_registered_defense(tiny_plan):
     assert all(u.budgets == (0.0, 2.0) for u in plan.units)
     assert all(isinstance(u, StandardUnit) for u in plan.units)
     assert set(plan.utility) == {(d, "ioi") for d in DEFENSES}
-    assert all(set(v) == {"delta_ce"} and math.isfinite(v["delta_ce"]) for v in plan.utility.values())
+    assert all(math.isfinite(v["delta_ce"]) for v in plan.utility.values())
+    # a detector's cost is also the benign text it flags; the others have delta CE alone
+    assert all(set(v) == ({"delta_ce", "flag_rate"} if d == "error_monitor" else {"delta_ce"})
+               for (d, _), v in plan.utility.items())
+    assert 0 <= plan.utility[("error_monitor", "ioi")]["flag_rate"] <= 1
     assert DEFAULTS["settings"] == ("ioi", "recall", "unlearning") and DEFAULTS["budgets"][0] == 0.0
 
 
