@@ -12,6 +12,7 @@ DIR/leaderboard.md (``certify.frontier``); ``report`` re-renders the outputs of 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from collections.abc import Mapping, Sequence
@@ -196,16 +197,33 @@ def run(config: SuiteConfig, fresh: bool = False) -> dict[str, Any]:
     }
 
 
-def run_frontier(config: SuiteConfig, fresh: bool = False, quick: bool = False) -> dict[str, Any]:
-    """``run`` the frontier suite, then write OUT/frontier.json, OUT/frontier.png and OUT/leaderboard.md."""
+def run_frontier(config: SuiteConfig, fresh: bool = False, long_check: bool = False) -> dict[str, Any]:
+    """``run`` the frontier suite, then write OUT/frontier.json, OUT/frontier.png and OUT/leaderboard.md.
+
+    ``long_check``: rerun the non-dominated points with 10x the steps per stage (no bisection) into
+    OUT/long, the same samples and seed, so each can be judged by the holding rule.
+    """
     outcome = run(config, fresh=fresh)
     out = Path(outcome["result"]["out"])
+    meta = read_run_file(out / RUN_FILE)
     with OutLock(out), RecordStore(out / RECORDS_FILE, readonly=True) as store:
-        meta = read_run_file(out / RUN_FILE)
         records = store.records(units=meta["units"])
-        reference = meta["reference"]
-        points = frontier_points(records, outcome["rows"], outcome["flags"], reference=reference,
-                                 alpha=meta["config"]["alpha"])
+    reference, alpha = meta["reference"], meta["config"]["alpha"]
+    points = frontier_points(records, outcome["rows"], outcome["flags"], reference=reference, alpha=alpha)
+    long_bypass = None
+    if long_check:
+        chosen = sorted(p.name for p in points if p.non_dominated and p.n_valid)
+        options = dict(meta["record_config"]["options"])
+        long_options = {**config.option_dict, "steps": 10 * int(options["steps"]), "rounds": 0, "points": chosen}
+        long = run(dataclasses.replace(config, out=str(out / "long"), options=tuple(sorted(long_options.items()))),
+                   fresh=fresh)
+        long_bypass = {}
+        for row in long["rows"]:
+            if row.rate is not None:
+                long_bypass.setdefault((row.defense, row.setting), {})[row.budget] = row.rate
+    with OutLock(out):
+        points = frontier_points(records, outcome["rows"], outcome["flags"], reference=reference, alpha=alpha,
+                                 long_bypass=long_bypass)
         write_json_atomic(out / "frontier.json", frontier_data(points, meta.get("provenance") or {}, reference))
         budgets = [float(b) for b in meta["config"]["budgets"] or ()]
         plot_frontier(points, out / "frontier.png", max_budget=max(budgets) if budgets else None)
@@ -289,6 +307,9 @@ def build_parser() -> argparse.ArgumentParser:
     front_p.add_argument("--quick", action="store_true",
                          help="the reduced sweep in minutes: n 8, budgets 0.02 0.05 0.2, 5 steps, one bisection "
                               "round, unless given")
+    front_p.add_argument("--long-check", action="store_true",
+                         help="rerun the non-dominated points with 10x the steps (into OUT/long) and apply the "
+                              "holding rule: bypass may move by at most 0.1")
     rep_p = sub.add_parser("report", help="re-render summary, plots and report from an output directory")
     rep_p.add_argument("--out", type=Path, required=True, help="output directory of an earlier run")
     rep_p.add_argument("--show-completions", action="store_true", help="include model completions")
@@ -367,7 +388,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             if args.command == "run":
                 outcome = run(config, fresh=args.fresh)
             else:
-                outcome = run_frontier(config, fresh=args.fresh, quick=args.quick)
+                outcome = run_frontier(config, fresh=args.fresh, long_check=args.long_check)
         else:
             outcome = rerender(args.out, args.show_completions)
     except ToolkitError as err:

@@ -10,15 +10,16 @@ minimal recovering budget is bracketed by the grid and bisected ``rounds`` times
 cascade. ``certify frontier`` turns the records into frontier.json, frontier.png and a leaderboard
 (``certify.frontier``). The reference is the plain clamp at full strength (``clamp@1``).
 
-Options: those of the standard suite, ``rounds`` (2) and ``quick`` (false: the reduced sweep of each
-spec, ``Sweep.quick``). The suite's ``quick`` (experiments/suite_entries.py) is what ``certify frontier
+Options: those of the standard suite, ``rounds`` (2), ``quick`` (false: the reduced sweep of each
+spec, ``Sweep.quick``) and ``points`` (only these points and the reference; ``certify frontier
+--long-check`` reruns the non-dominated points that way with 10x the steps). The suite's ``quick`` (experiments/suite_entries.py) is what ``certify frontier
 --quick`` sets when not given: n = 8, budgets 0.02 / 0.05 / 0.2, 5 steps per stage, one bisection round.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from certify.config import SuiteConfig
@@ -31,7 +32,7 @@ from guard.spec import Sweep
 
 REFERENCE = "clamp@1"
 DEFAULTS = {**standard.DEFAULTS, "budgets": (0.0, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5)}
-OPTION_DEFAULTS = {**standard.OPTION_DEFAULTS, "rounds": 2, "quick": False}
+OPTION_DEFAULTS = {**standard.OPTION_DEFAULTS, "rounds": 2, "quick": False, "points": []}
 
 
 def point_name(family: str, strength: float) -> str:
@@ -48,8 +49,10 @@ def point_config(config, sweep: Sweep, value: float):
     return dataclasses.replace(config, features=kept)
 
 
-def sweep_points(defenses: Mapping[str, Defense], saes: Mapping[str, object], quick: bool) -> dict[str, Defense]:
-    """Each built defense at every strength of its sweep, on its own calibration (no refit)."""
+def sweep_points(defenses: Mapping[str, Defense], saes: Mapping[str, object], quick: bool,
+                 keep: Sequence[str] = ()) -> dict[str, Defense]:
+    """Each built defense at every strength of its sweep, on its own calibration (no refit); ``keep``: only
+    these points (and the reference), as a longer check of some points runs them."""
     out: dict[str, Defense] = {}
     for name, defense in defenses.items():
         sweep = DEFENSES[name].sweep
@@ -59,6 +62,12 @@ def sweep_points(defenses: Mapping[str, Defense], saes: Mapping[str, object], qu
         calibration = getattr(defense, "calibration", None)
         for value in sweep.grid(quick):
             out[point_name(name, value)] = build_defense(point_config(defense.config, sweep, value), saes, calibration)
+    if keep:
+        unknown = sorted(set(keep) - set(out))
+        if unknown:
+            raise ToolkitError(f"frontier suite: option points names {unknown}, which are not points of this sweep "
+                               f"({sorted(out)})")
+        out = {name: d for name, d in out.items() if name in keep or name == REFERENCE}
     return out
 
 
@@ -74,7 +83,8 @@ def build_frontier(config: SuiteConfig) -> SuitePlan:
     check_frontier(config)
     config = config.with_defaults(DEFAULTS)
     quick = bool(config.option_dict.get("quick", False))
-    return standard.build_standard(config, expand=lambda defenses, saes: sweep_points(defenses, saes, quick),
+    keep = tuple(config.option_dict.get("points") or ())
+    return standard.build_standard(config, expand=lambda defenses, saes: sweep_points(defenses, saes, quick, keep),
                                    reference=REFERENCE, option_defaults=OPTION_DEFAULTS)
 
 

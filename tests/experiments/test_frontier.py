@@ -147,7 +147,13 @@ def test_frontier_command_quick_writes_its_outputs_and_resumes(tmp_path, capsys)
         first = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
         assert main(args) == 0  # the same command again: nothing left to evaluate
         second = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+        assert main([*args, "--long-check"]) == 0  # the non-dominated points again with 10x the steps
+        capsys.readouterr()
     assert first["evaluated"] == first["n_units"] == 6 and second["evaluated"] == 0  # clamp and splice x 3
+    long_run = json.loads((tmp_path / "f" / "long" / "run.json").read_text())
+    assert dict(long_run["config"]["options"])["steps"] == 20 and long_run["config"]["n"] == 5
+    judged = [p for p in json.loads((tmp_path / "f" / "frontier.json").read_text())["points"] if p["non_dominated"]]
+    assert judged and all(not p["holding"].startswith("unverified: no 10x") for p in judged)
     run = json.loads((tmp_path / "f" / "run.json").read_text())
     assert run["config"]["n"] == 5 and dict(run["config"]["options"])["steps"] == 2  # the quick fields
     data = json.loads((tmp_path / "f" / "frontier.json").read_text())
