@@ -16,7 +16,7 @@ What a user's file imports::
 after which every certify suite, the utility table and the attack unit tests include it.
 
 Modules: ``base`` (interface, composition), ``clamp`` (baseline), ``gated_clamp`` (the clamp
-where a gate fires), ``residual`` (clamp + error transform), ``splice``, ``error_norm``,
+where a gate fires), ``residual`` (clamp + error transform), ``splice``, ``bottleneck`` (splices at several layers), ``error_norm``,
 ``subspace``, ``ellipsoid``, ``closed_loop``, ``monitor``, ``direction`` (dense comparator),
 ``calibration`` (saved calibration folders, benign activation collection), ``spec`` (one
 ``DefenseSpec`` per defense), ``registry`` (``DEFENSES``, ``build_defense``, ``build_defaults``),

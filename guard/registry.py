@@ -11,7 +11,18 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from guard import clamp, closed_loop, direction, ellipsoid, error_norm, gated_clamp, monitor, splice, subspace
+from guard import (
+    bottleneck,
+    clamp,
+    closed_loop,
+    direction,
+    ellipsoid,
+    error_norm,
+    gated_clamp,
+    monitor,
+    splice,
+    subspace,
+)
 from guard.base import Defense, DefenseConfig
 from guard.calibration import Calibration
 from guard.errors import ToolkitError
@@ -71,5 +82,6 @@ def build_defaults(names: Sequence[str], saes: Mapping[str, object], features: F
     return out
 
 
-for _module in (clamp, gated_clamp, splice, error_norm, subspace, ellipsoid, closed_loop, monitor, direction):
+for _module in (clamp, gated_clamp, splice, bottleneck, error_norm, subspace, ellipsoid, closed_loop, monitor,
+                direction):
     register_defense(_module.SPEC)

@@ -10,6 +10,7 @@ from __future__ import annotations
 # The tiny world (sites, features, random benign data, calibrations, working configs) lives in
 # the library, so certify.selftest can verify the attack against the same defenses.
 from certify.selftest import FEATURES, SITES, benign_data, calibrations, working_configs
+from guard.bottleneck import BottleneckConfig
 from guard.clamp import ClampConfig
 from guard.closed_loop import ClosedLoopConfig
 from guard.direction import DirectionConfig
@@ -33,6 +34,7 @@ def identity_configs() -> dict:
         "clamp": ClampConfig(features=FEATURES, mode="multiply", value=1.0),
         "gated_clamp": GatedClampConfig(features=FEATURES, threshold_scale=1e6),
         "splice": SpliceConfig(features=empty, error_scale=1.0),
+        "bottleneck": BottleneckConfig(features={SITES[0]: ()}, error_scale=1.0),
         "error_norm": ErrorNormConfig(features=empty, threshold_scale=1e6),
         "error_subspace": ErrorSubspaceConfig(features=empty, rank=D_MODEL, remove_behaviour=False),
         "error_ellipsoid": EllipsoidConfig(features=empty, scale=1e6, keep_complement=True),
