@@ -175,7 +175,7 @@ def leaderboard(points: Sequence[FrontierPoint]) -> str:
                                            -(p.median_min_budget if p.median_min_budget is not None else -1))):
         utility = ", ".join(f"{k} {v:.3g}" for k, v in p.utility.items() if k != "delta_ce" and isinstance(v, float))
         bypass = ", ".join(f"{b}: {c['k']}/{c['n']}" for b, c in p.bypass.items())
-        ci = f"({_fmt_budget(p.min_budget_ci[0])}-{_fmt_budget(p.min_budget_ci[1])})" if p.n_valid else ""
+        ci = f"[{_fmt_budget(p.min_budget_ci[0])}, {_fmt_budget(p.min_budget_ci[1])}]" if p.n_valid else ""
         lines.append(f"| {p.setting} | {p.defense} | {'-' if p.strength is None else f'{p.strength:g}'} | "
                      f"{'-' if p.delta_ce is None else f'{p.delta_ce:.3f}'} | {utility or '-'} | {p.n_valid} | "
                      f"{_fmt_budget(p.median_min_budget) if p.n_valid else 'no valid sample'} {ci} | "

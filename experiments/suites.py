@@ -7,10 +7,11 @@ split of samples kept apart from the evaluated ones; every residual-aware defens
 ``guard.registry`` is built at its spec's default settings (``guard.spec.DefenseSpec.default``)
 *composed with that same clamp* (its ``features``, ``mode`` and ``value``), calibrated on benign
 activations from the built-in benign text (``experiments.utility.builtin_text``; half the chunks calibrate, the
-other half measure utility). Direction-based calibrations (direction ablation, the error
-subspace's behaviour directions, the closed-loop echo) use the setting's selection prompts
-as the behaviour side and guard's harmless requests (``guard.texts.CONTRAST_REQUESTS``) as
-the contrast.
+other half measure utility). Direction-based calibrations (direction ablation, at every layer; the error
+subspace's behaviour directions; the closed-loop echo) use the setting's selection prompts
+as the behaviour side and, as the contrast, the setting's own control prompts where it has
+them (unlearning: the retain facts of its selection split), else guard's harmless requests
+(``guard.texts.CONTRAST_REQUESTS``).
 
 Threat model: L2 ball of relative radius ``budget`` (fraction of ||h_def||) at the final
 prompt position of the clamp's site, encoder-orthogonal to the defended latents there
@@ -217,13 +218,17 @@ def build_world(model, saes: Mapping[str, object], setting_name: str, select: Se
     choice = setting.choose_clamp(model, saes, list(select), benign=calib_tokens, batch_size=batch_size)
     features = {site: choice.selection.features}
     behaviour = [torch.tensor(s.tokens) for s in select]
+    # the setting's own contrast where it has one (unlearning: retain facts), so a direction separates the
+    # behaviour from its neighbours rather than one prompt format from another
+    own = setting.control_samples(model.tokenizer, None, 0) if model.tokenizer is not None else []
+    contrast = [torch.tensor(s.tokens) for s in own] or list(contrast)
     log(clamp_note(setting_name, choice))
     # the residual-aware defenses act at the clamp's site, so their benign statistics (an MVEE fit per
     # site is the slow one) and the direction are fitted there alone; a closed loop still sees every SAE
     clamp = choice.clamp_options()  # every defense edits the clamp's latents as the clamp does
     with tempfile.TemporaryDirectory() as tmp:
         defenses = build_defaults(defense_names, saes, features, (site,), tmp, lambda: CalibrationData.collect(
-            model, saes, (site,), calib_tokens, behaviour, list(contrast), features, clamp=clamp), clamp=clamp)
+            model, saes, (site,), calib_tokens, behaviour, contrast, features, clamp=clamp), clamp=clamp)
     log(f"calibrated and built {', '.join(defenses)}")
     if expand is not None:
         defenses = expand(defenses, saes)

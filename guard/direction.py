@@ -1,14 +1,20 @@
-"""Dense behaviour-direction ablation: project a difference-of-means direction out of the
-residual stream (no SAE), the non-SAE comparator for the SAE defenses.
+"""Dense behaviour-direction ablation: project behaviour directions out of the residual stream
+at every layer (no SAE), the non-SAE comparator for the SAE defenses.
 
 Source: directional ablation with a difference-of-means direction, as in refusal-direction
-work (Arditi et al., "Refusal in Language Models Is Mediated by a Single Direction", 2024)
-and activation steering. Per site, ``r`` = unit(mean(behaviour) - mean(contrast)) and
+work (Arditi et al., "Refusal in Language Models Is Mediated by a Single Direction", 2024),
+applied at every layer as they do; refusal lives in several directions rather than one
+(arXiv 2502.17420), hence rank k. Per site, the first direction is unit(mean(behaviour) -
+mean(contrast)); directions 2..k are the top right singular vectors of the behaviour rows minus
+the contrast mean, orthogonalised against the earlier ones. With the orthonormal basis R [d, k]
+of the first ``rank`` directions
 
-    out = resid - strength * (resid . r) r        (for an orthonormal basis R [d, m]: R R^T resid)
+    out = resid - strength * R R^T resid
 
-``strength`` 1 removes the component, 0 is the identity. Attention-sink tokens pass
-through (see ``guard.sae_ops.sink_mask``).
+``strength`` 1 removes the components, 0 is the identity. Attention-sink tokens pass
+through (see ``guard.sae_ops.sink_mask``). A pipeline calibrates it at every
+``blocks.N.hook_resid_post`` of the model on the setting's own behaviour and contrast prompts
+(``CalibrationData.contrast_prompts``), so the direction separates the behaviour, not a prompt format.
 
 Threat model: none (a defense). Shapes: resid [batch, pos, d_model]; calibration data
 {site: [n, d_model]} (e.g. last-token activations of behaviour and contrast prompts).
@@ -27,7 +33,7 @@ from dataclasses import dataclass
 import torch
 
 from guard.base import Defense, DefenseConfig
-from guard.calibration import Calibration, check_covers, check_site_data, resolve
+from guard.calibration import Calibration, check_covers, check_site_data, last_token_resid, resolve
 from guard.errors import ToolkitError
 from guard.sae_ops import sink_mask
 from guard.spec import CalibrationData, DefenseSpec, Sweep
@@ -44,8 +50,11 @@ class DirectionCalibration(Calibration):
 
 
 def calibrate_directions(behaviour_resid: Mapping[str, torch.Tensor],
-                         contrast_resid: Mapping[str, torch.Tensor]) -> DirectionCalibration:
-    """Unit difference-of-means direction per site from {site: [n, d_model]} behaviour / contrast data."""
+                         contrast_resid: Mapping[str, torch.Tensor], max_rank: int = 4) -> DirectionCalibration:
+    """Up to ``max_rank`` orthonormal behaviour directions per site from {site: [n, d_model]} behaviour /
+    contrast data: the difference of means first (see the module docstring)."""
+    if max_rank < 1:
+        raise ToolkitError(f"defense 'direction_ablation': max_rank must be >= 1, got {max_rank}")
     name = "direction_ablation"
     missing = set(behaviour_resid) ^ set(contrast_resid)
     if missing:
@@ -53,17 +62,26 @@ def calibrate_directions(behaviour_resid: Mapping[str, torch.Tensor],
     widths = {site: torch.as_tensor(x).shape[-1] for site, x in behaviour_resid.items()}
     beh = check_site_data(behaviour_resid, widths, defense=name, what="behaviour activations")
     con = check_site_data(contrast_resid, widths, defense=name, what="contrast activations")
-    return DirectionCalibration(directions={
-        site: difference_of_means(beh[site], con[site], defense=name, site=site).float() for site in beh})
+    out = {}
+    for site in beh:
+        first = difference_of_means(beh[site], con[site], defense=name, site=site)
+        centred = beh[site].to(torch.float64) - con[site].to(torch.float64).mean(0)
+        centred = centred - (centred @ first) @ first.T  # what the first direction leaves
+        _, sv, vh = torch.linalg.svd(centred, full_matrices=False)
+        more = vh[: max_rank - 1][sv[: max_rank - 1] > 1e-9 * max(float(sv[0]) if sv.numel() else 0.0, 1.0)].T
+        out[site] = torch.cat([first, more], dim=1).float()
+    return DirectionCalibration(directions=out)
 
 
 @dataclass(frozen=True)
 class DirectionConfig(DefenseConfig):
-    """Direction ablation: ``sites`` (default: every calibrated site), ``strength`` in [0, 1],
-    ``sink_ratio`` (see ``guard.sae_ops.sink_mask``), ``calibration`` folder."""
+    """Direction ablation: ``sites`` (default: every calibrated site), ``rank`` (the first this many of the
+    calibrated directions), ``strength`` in [0, 1], ``sink_ratio`` (see ``guard.sae_ops.sink_mask``),
+    ``calibration`` folder."""
 
     name = "direction_ablation"
     sites: Sequence[str] = ()
+    rank: int = 1
     strength: float = 1.0
     sink_ratio: float | None = 8.0
     calibration: str = ""
@@ -83,14 +101,16 @@ class DirectionAblation(Defense):
         name = config.name
         if not 0.0 <= config.strength <= 1.0:
             raise ToolkitError(f"defense {name!r}: strength must be in [0, 1], got {config.strength}")
+        if config.rank < 1:
+            raise ToolkitError(f"defense {name!r}: rank must be >= 1, got {config.rank}")
         self.calibration = resolve(calibration, config.calibration, DirectionCalibration, name)
         self._sites = config.sites or self.calibration.sites
         widths = {s: self.calibration.directions[s].shape[0] for s in self.calibration.sites}
         check_covers(self.calibration, self._sites, widths, defense=name)
         self.basis = {}
         for site in self._sites:
-            q, _ = torch.linalg.qr(self.calibration.directions[site].to(torch.float64))
-            self.basis[site] = q.float()
+            q, _ = torch.linalg.qr(self.calibration.directions[site][:, : config.rank].to(torch.float64))
+            self.basis[site] = q.float()  # fewer than rank where the calibration found fewer directions
 
     @property
     def sites(self) -> tuple[str, ...]:
@@ -109,12 +129,22 @@ class DirectionAblation(Defense):
         return resid - removed * keep[..., None].to(resid.dtype)
 
 
+def every_layer(model) -> list[str]:
+    """``blocks.N.hook_resid_post`` for every layer of ``model``."""
+    return [f"blocks.{i}.hook_resid_post" for i in range(model.cfg.n_layers)]
+
+
 def _calibrate(data: CalibrationData) -> DirectionCalibration:
-    return calibrate_directions(data.behaviour, data.contrast, **data.options_for(DirectionConfig.name))
+    options = data.options_for(DirectionConfig.name)
+    if data.model is None or not data.behaviour_prompts or not data.contrast_prompts:
+        return calibrate_directions(data.behaviour, data.contrast, **options)  # the defended sites' data alone
+    sites = every_layer(data.model)
+    return calibrate_directions(last_token_resid(data.model, data.behaviour_prompts, sites),
+                                last_token_resid(data.model, data.contrast_prompts, sites), **options)
 
 
 SPEC = DefenseSpec(DirectionConfig, DirectionAblation,
-                   default=lambda features, sites, calibration: DirectionConfig(sites=sites, calibration=calibration),
+                   default=lambda features, sites, calibration: DirectionConfig(calibration=calibration),
                    calibrate=_calibrate,
                    selftest=lambda features: DirectionConfig(),
-                   sweep=Sweep("strength", (0.25, 0.5, 1.0)))
+                   sweep=Sweep("rank", (1, 2, 4)))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 
@@ -156,14 +157,16 @@ def test_a_defense_the_subject_cannot_carry_is_left_out_or_refused():
     one = {SITES[1]: tiny_sae("jumprelu", seed=3)}  # the last site: no SAE downstream for a closed loop
     config, _ = check_config(SuiteConfig(suite="standard", options=(("site", SITES[1]),)))
     kept, skipped = usable_defenses(config, model, one, [SITES[1]], requested=False)
-    assert set(skipped) == {"closed_loop"} and "no SAE site after" in skipped["closed_loop"]
+    assert set(skipped) == {"closed_loop", "bottleneck"} and "no SAE site after" in skipped["closed_loop"]
+    assert "no SAE site after" in skipped["bottleneck"]
     assert "closed_loop" not in kept.defenses and "clamp" in kept.defenses
     with pytest.raises(ToolkitError, match="'closed_loop' cannot run on this subject"):
-        usable_defenses(config, model, one, [SITES[1]], requested=True)
+        usable_defenses(dataclasses.replace(config, defenses=("clamp", "closed_loop")), model, one, [SITES[1]],
+                        requested=True)
     both = {site: tiny_sae("jumprelu", seed=3 + i) for i, site in enumerate(SITES)}
     assert usable_defenses(config, model, both, [SITES[0]], requested=False)[1] == {}
     # a defense that cannot run at one setting's site is left out of the run
-    assert set(usable_defenses(config, model, both, SITES, requested=False)[1]) == {"closed_loop"}
+    assert set(usable_defenses(config, model, both, SITES, requested=False)[1]) == {"closed_loop", "bottleneck"}
 
 
 def test_every_threat_rung_runs_on_the_tiny_plan(monkeypatch):

@@ -89,10 +89,16 @@ def test_direction_calibration_checks_its_inputs():
         calibrate_directions(beh, {SITES[0]: beh[SITES[0]]})
     with pytest.raises(ToolkitError, match="same mean"):
         calibrate_directions(beh, beh)
-    calib = calibrate_directions(beh, {s: x + 1 for s, x in beh.items()})
+    contrast = {s: x + 1 for s, x in beh.items()}
+    calib = calibrate_directions(beh, contrast, max_rank=3)
     assert isinstance(calib, DirectionCalibration)
-    for d in calib.directions.values():
-        torch.testing.assert_close(d.norm(), torch.tensor(1.0))
+    for site, d in calib.directions.items():
+        assert d.shape[1] == 3  # orthonormal, the difference of means first
+        torch.testing.assert_close(d.T @ d, torch.eye(3), atol=1e-5, rtol=0)
+        mean_diff = beh[site].mean(0) - contrast[site].mean(0)
+        torch.testing.assert_close(d[:, 0], mean_diff / mean_diff.norm(), atol=1e-5, rtol=0)
+    with pytest.raises(ToolkitError, match="max_rank"):
+        calibrate_directions(beh, contrast, max_rank=0)
 
 
 def test_defense_rejects_a_calibration_that_misses_a_site_or_width(saes, calibs):
