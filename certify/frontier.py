@@ -50,7 +50,8 @@ class FrontierPoint:
     median_min_budget: float | None  # None: no valid sample; inf: censored majority
     min_budget_ci: tuple[float | None, float | None]
     recovered_at: dict[str, float] = field(default_factory=dict)  # str(budget) -> fraction recovered at <= budget
-    ratio_to_clamp: float | None = None
+    ratio_to_clamp: float | None = None  # inf: this median is censored
+    clamp_median: float | None = None  # the reference's median minimal budget in this setting
     verified: bool | None = None
     errors: int = 0
     holding: str = "unverified"
@@ -61,6 +62,7 @@ class FrontierPoint:
         data["median_min_budget"] = _finite(self.median_min_budget)
         data["min_budget_ci"] = [_finite(v) for v in self.min_budget_ci]
         data["ratio_to_clamp"] = _finite(self.ratio_to_clamp)
+        data["clamp_median"] = _finite(self.clamp_median)
         data["median_censored"] = self.median_min_budget is not None and math.isinf(self.median_min_budget)
         data.update(self.utility)
         return data
@@ -145,7 +147,7 @@ def _mark(points: list[FrontierPoint], reference: str) -> list[FrontierPoint]:
         ratio = None
         if base is not None and mine is not None and base > 0 and not math.isinf(base):
             ratio = mine / base
-        out.append(replace(p, ratio_to_clamp=ratio))
+        out.append(replace(p, ratio_to_clamp=ratio, clamp_median=base))
     scored = [p for p in out if p.median_min_budget is not None and p.delta_ce is not None]
 
     def dominated(p: FrontierPoint) -> bool:
@@ -176,9 +178,12 @@ def leaderboard(points: Sequence[FrontierPoint]) -> str:
         utility = ", ".join(f"{k} {v:.3g}" for k, v in p.utility.items() if k != "delta_ce" and isinstance(v, float))
         bypass = ", ".join(f"{b}: {c['k']}/{c['n']}" for b, c in p.bypass.items())
         ci = f"[{_fmt_budget(p.min_budget_ci[0])}, {_fmt_budget(p.min_budget_ci[1])}]" if p.n_valid else ""
+        ratio = "-" if p.ratio_to_clamp is None else f"{p.ratio_to_clamp:.2g}"
+        if p.ratio_to_clamp is not None and math.isinf(p.ratio_to_clamp):  # censored: at least largest / clamp's
+            ratio = f"> {max(float(b) for b in p.bypass) / p.clamp_median:.2g}" if p.bypass and p.clamp_median else ">"
         lines.append(f"| {p.setting} | {p.defense} | {'-' if p.strength is None else f'{p.strength:g}'} | "
                      f"{'-' if p.delta_ce is None else f'{p.delta_ce:.3f}'} | {utility or '-'} | {p.n_valid} | "
                      f"{_fmt_budget(p.median_min_budget) if p.n_valid else 'no valid sample'} {ci} | "
-                     f"{'-' if p.ratio_to_clamp is None else f'{p.ratio_to_clamp:.2g}'} | {bypass or '-'} | "
+                     f"{ratio} | {bypass or '-'} | "
                      f"{'non-dominated' if p.non_dominated else ''} | {p.holding} |")
     return "\n".join(lines)
