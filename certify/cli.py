@@ -209,9 +209,9 @@ def run_frontier(config: SuiteConfig, fresh: bool = False, long_check: bool = Fa
     with OutLock(out), RecordStore(out / RECORDS_FILE, readonly=True) as store:
         records = store.records(units=meta["units"])
     reference, alpha = meta["reference"], meta["config"]["alpha"]
-    points = frontier_points(records, outcome["rows"], outcome["flags"], reference=reference, alpha=alpha)
     long_bypass = None
     if long_check:
+        points = frontier_points(records, outcome["rows"], outcome["flags"], reference=reference, alpha=alpha)
         chosen = sorted(p.name for p in points if p.non_dominated and p.n_valid)
         options = dict(meta["record_config"]["options"])
         long_options = {**config.option_dict, "steps": 10 * int(options["steps"]), "rounds": 0, "points": chosen}

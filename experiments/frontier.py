@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping, Sequence
-from typing import Any
 
 from certify.config import SuiteConfig
 from certify.suites import SuitePlan
@@ -87,7 +86,3 @@ def build_frontier(config: SuiteConfig) -> SuitePlan:
     return standard.build_standard(config, expand=lambda defenses, saes: sweep_points(defenses, saes, quick, keep),
                                    reference=REFERENCE, option_defaults=OPTION_DEFAULTS)
 
-
-def sweeps() -> dict[str, Any]:
-    """Each registered family's sweep (field and values), for the run's fingerprint and notes."""
-    return {name: None if spec.sweep is None else dataclasses.asdict(spec.sweep) for name, spec in DEFENSES.items()}
