@@ -14,7 +14,11 @@ knows the defense and differentiates through ``defense.edit`` (adaptive).
 restart and step: forward the still-running examples, record the best feasible delta per
 example, stop those that succeed, and call ``step`` for the rest. Finally it re-checks
 every reported success with an independent full forward from token 0 and measures drift
-there. Subclasses override ``init_delta``/``init_state``/``step`` (and ``needs_grad``).
+there. Against a randomized defense (``defense.draws`` > 1) every search step runs that many
+forwards on the attacker's own random stream and uses their mean score (expectation over
+transformation); no row stops on the attacker's own draws (their noise would end searches
+early): each keeps its best delta by mean score, and the check runs every one on the judge's
+draws and takes their majority. Subclasses override ``init_delta``/``init_state``/``step`` (and ``needs_grad``).
 
 Example::
 
@@ -281,6 +285,8 @@ class RecoveryAttack:
         if rows is not None:
             selected = torch.zeros_like(selected).index_fill_(0, torch.as_tensor(rows, device=selected.device), True)
 
+        draws = self.defense.draws
+        self.defense.draw(-1 - cfg.seed)  # the attacker's own stream, never one the judge draws
         bar = tqdm(total=(cfg.restarts + 1) * cfg.steps, desc=self.name, disable=not progress, leave=False)
         for restart in range(cfg.restarts + 1):
             rows = (~success & selected).nonzero().flatten()
@@ -294,14 +300,18 @@ class RecoveryAttack:
                 with torch.set_grad_enabled(grad):
                     if grad:
                         deltas = {s: d.detach().requires_grad_() for s, d in deltas.items()}
-                    out = fwd.run(rows, deltas, monitor)
-                    score = objective.score(out.logits, rows)
+                    # a randomized defense: the mean score over its draws (expectation over transformation)
+                    outs = [fwd.run(rows, deltas, monitor) for _ in range(draws)]
+                    out = outs[0]
+                    score = torch.stack([objective.score(o.logits, rows) for o in outs]).mean(0)
                     drift = metrics.relative_drift(out.latents, fwd.baseline_latents(rows, out),
                                                    fwd.monitor_mask(rows, out))
                 feasible = drift.detach() <= tau
                 if self._detector():  # a flagged input is no recovery, whatever the objective says
                     feasible = feasible & (self.defense.excess(valid=self._real(batch, rows, out)).detach() <= 0)
                 ok = objective.success(out.logits.detach(), rows, cfg.stop_margin) & feasible
+                if draws > 1:  # randomized: no stop on the attacker's own draws; the judge checks the best
+                    ok = torch.zeros_like(ok)
                 if restart == 0 and step == 0:
                     defended_score[rows] = score.detach()
                 better = ok | (feasible & (score.detach() > best_score[rows]))
@@ -321,28 +331,39 @@ class RecoveryAttack:
                 deltas = {s: d.detach()[keep] for s, d in new.items()}
 
         bar.close()
-        return self._finish(batch, ctx, best, success & selected, defended_score, steps_used, start)
+        judged = success & selected if draws == 1 else selected  # randomized: every row's best (by mean score)
+        return self._finish(batch, ctx, best, judged, defended_score, steps_used, start)
 
     @torch.no_grad()
-    def _finish(self, batch, ctx, best, success, defended_score, steps_used, start) -> AttackResult:
+    def _finish(self, batch, ctx, best, claimed, defended_score, steps_used, start) -> AttackResult:
         """Independent check: an ordinary full forward from token 0 with the best deltas (exact
-        gradients: no straight-through), the detector's flags read from that forward."""
+        gradients: no straight-through), the detector's flags read from that forward; against a
+        randomized defense one per judged draw, the success that of their majority."""
         fwd, objective = ctx.forward, self.objective
         perts = tuple(Perturbation(s, best[s], ctx.masks[s]) for s in ctx.sites)
-        self.defense.reset()
-        picked, latents = full_forward(self.model, self.defense, batch, list(perts), self.bound.monitored,
-                                       readout=objective.readout(batch))
-        detected = self.defense.flags(valid=batch.valid()) if self._detector() else self.defense.flags()
-        self.defense.reset()
-        flagged = torch.zeros(batch.size, dtype=torch.bool, device=batch.tokens.device)
-        if detected is not None:
-            flagged = detected.bool().to(flagged.device)
         rows = torch.arange(batch.size, device=batch.tokens.device)
-        score = objective.score(picked, rows)
+        flagged = torch.zeros(batch.size, dtype=torch.bool, device=batch.tokens.device)
+        scores, wins = [], torch.zeros(batch.size, dtype=torch.long, device=batch.tokens.device)
+        for i in range(self.defense.draws):  # a randomized defense: the majority of the judge's draws
+            self.defense.draw(i)
+            self.defense.reset()
+            picked, drawn = full_forward(self.model, self.defense, batch, list(perts), self.bound.monitored,
+                                         readout=objective.readout(batch))
+            if i == 0:
+                latents = drawn  # drift is read on the first draw
+            detected = self.defense.flags(valid=batch.valid()) if self._detector() else self.defense.flags()
+            self.defense.reset()
+            if detected is not None:
+                flagged = flagged | detected.bool().to(flagged.device)
+            scores.append(objective.score(picked, rows))
+            wins += objective.success(picked, rows).long()
+        score = torch.stack(scores).mean(0)
         valid = fwd.monitor_valid
         drift = metrics.relative_drift(latents, fwd.latents0, valid)
-        verified = objective.success(picked, rows) & (drift <= self._drift_threshold()) & ~flagged
-        if (success & ~verified).any():
+        verified = (2 * wins > self.defense.draws) & (drift <= self._drift_threshold()) & ~flagged
+        if self.defense.draws > 1:  # randomized: the search claims nothing itself, the judge decides
+            claimed = claimed & verified
+        if (claimed & ~verified).any():
             ctx.flags.add("verification_disagrees")
         norms = torch.stack([p.norms().amax(dim=1) for p in perts]).amax(dim=0)
         rel = torch.stack([metrics.relative_norm(best[s], ctx.masks[s], fwd.resid_def[s]) for s in ctx.sites])
@@ -350,7 +371,7 @@ class RecoveryAttack:
             attack=self.name,
             threat=self.threat.to_dict(),
             config=self.config.to_dict(),
-            success=success & verified,
+            success=claimed & verified,
             score=score,
             defended_score=defended_score,
             steps=steps_used,
@@ -363,7 +384,7 @@ class RecoveryAttack:
             perturbations=perts,
             wall_seconds=time.perf_counter() - start,
             grad_norm=ctx.grad_norm,
-            claimed=success,
+            claimed=claimed,
             flagged=flagged,
             flags=tuple(sorted(ctx.flags)),
         )

@@ -12,6 +12,8 @@ attack cascade (``attacks.runner``) is run against it in two tiny worlds built i
   per row the best one ``d*`` fixes the objective: the token pair whose logit difference
   ``d*`` raises most, with the success threshold halfway between the defended score and the
   score at ``d*``. ``d*`` itself recovers, so the cascade must report every row recovered.
+  Against a randomized defense every score is the median over the judge's draws
+  (``Defense.draws``), so ``d*`` recovers in their majority, which is how the cascade is judged.
 - impossible: causality. A causal model's logits at position p cannot depend on a later
   position, so perturbing the last token while reading out the one before can recover
   nothing; the threshold is one a delta AT the read-out position provably reaches (planted
@@ -291,22 +293,33 @@ def plant(model, defense: Defense, threat: ThreatModel, batch: AttackBatch, back
         delta = torch.where(use_full[:, None, None], full[s], part[s])
         delta[:n] = 0
         perts.append(Perturbation(s, delta, fwd.masks[s]))
-    defense.reset()
-    logits, _ = full_forward(model, defense, many, perts, readout=readout)
-    flags = defense.flags()
-    defense.reset()
-    flagged = torch.zeros(many.size, dtype=torch.bool) if flags is None else flags.bool().cpu()
-    logits = logits[:, 0].reshape(n_candidates + 1, n, -1).cpu()
+    drawn = []  # per judged draw of a randomized defense (one for a deterministic one): logits [K+1, n, V]
+    flagged = torch.zeros(many.size, dtype=torch.bool)
+    for i in range(defense.draws):
+        defense.draw(i)
+        defense.reset()
+        logits, _ = full_forward(model, defense, many, perts, readout=readout)
+        flags = defense.flags()
+        defense.reset()
+        if flags is not None:
+            flagged |= flags.bool().cpu()
+        drawn.append(logits[:, 0].reshape(n_candidates + 1, n, -1).cpu())
+    logits = torch.stack(drawn)  # [D, K+1, n, V]
     flagged = flagged.reshape(n_candidates + 1, n)
-    base, gain = logits[0], logits[1:] - logits[:1]  # [n, V], [K, n, V]
+    gain = (logits[:, 1:] - logits[:, :1]).mean(0)  # [K, n, V]: the mean gain picks candidate and pair
     spread = gain.amax(dim=-1) - gain.amin(dim=-1)  # the best token pair's score gain [K, n]
     spread = spread.masked_fill(flagged[1:] | flagged[:1], -math.inf)
     k = spread.argmax(dim=0)
     idx = torch.arange(n)
     picked = gain[k, idx]
     target, other = picked.argmax(dim=-1), picked.argmin(dim=-1)
-    s0 = base.gather(1, target[:, None])[:, 0] - base.gather(1, other[:, None])[:, 0]
-    return Plant(target, other, s0, s0 + spread[k, idx])
+
+    def score(at: torch.Tensor) -> torch.Tensor:  # [D, n, V] -> [n]: the median over draws (their majority)
+        return (at.gather(2, target[None, :, None].expand(len(at), n, 1))
+                - at.gather(2, other[None, :, None].expand(len(at), n, 1)))[..., 0].median(0).values
+
+    s0, best = score(logits[:, 0]), score(logits[:, 1:][:, k, idx])
+    return Plant(target, other, s0, torch.where(torch.isfinite(spread[k, idx]), best, s0 - math.inf))
 
 
 # -- results -----------------------------------------------------------------------------------

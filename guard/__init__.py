@@ -17,7 +17,7 @@ after which every certify suite, the utility table and the attack unit tests inc
 
 Modules: ``base`` (interface, composition), ``clamp`` (baseline), ``gated_clamp`` (the clamp
 where a gate fires), ``residual`` (clamp + error transform), ``splice``, ``bottleneck`` (splices at several layers), ``error_norm``,
-``subspace``, ``ellipsoid``, ``closed_loop``, ``monitor``, ``direction`` (dense comparator),
+``subspace``, ``ellipsoid``, ``error_dropout`` (randomized), ``closed_loop``, ``monitor``, ``direction`` (dense comparator),
 ``calibration`` (saved calibration folders, benign activation collection), ``spec`` (one
 ``DefenseSpec`` per defense), ``registry`` (``DEFENSES``, ``build_defense``, ``build_defaults``),
 ``named`` (the ``Registry`` type), ``utility`` (CE / KL cost of a defense).

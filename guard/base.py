@@ -73,6 +73,16 @@ class Defense(ABC):
         """Forget per-forward records (flags, scores); called on entering ``applied``."""
         return None  # stateless by default
 
+    @property
+    def draws(self) -> int:
+        """A randomized defense is judged by the majority of this many independent draws; 1 if deterministic."""
+        return 1
+
+    def draw(self, index: int) -> None:
+        """Restart random stream ``index`` (draws 0..draws-1 are the judge's, negative ones an attacker's);
+        every later forward continues it. A no-op for a deterministic defense."""
+        return None
+
     def fwd_hooks(self) -> list[Hook]:
         hooks = []
         for site in self.sites:
@@ -159,3 +169,11 @@ class ComposedDefense(Defense):
     def reset(self) -> None:
         for d in self.defenses:
             d.reset()
+
+    @property
+    def draws(self) -> int:
+        return max(d.draws for d in self.defenses)
+
+    def draw(self, index: int) -> None:
+        for d in self.defenses:
+            d.draw(index)

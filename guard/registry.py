@@ -17,6 +17,7 @@ from guard import (
     closed_loop,
     direction,
     ellipsoid,
+    error_dropout,
     error_norm,
     gated_clamp,
     monitor,
@@ -82,6 +83,6 @@ def build_defaults(names: Sequence[str], saes: Mapping[str, object], features: F
     return out
 
 
-for _module in (clamp, gated_clamp, splice, bottleneck, error_norm, subspace, ellipsoid, closed_loop, monitor,
-                direction):
+for _module in (clamp, gated_clamp, splice, bottleneck, error_norm, subspace, ellipsoid, error_dropout, closed_loop,
+                monitor, direction):
     register_defense(_module.SPEC)

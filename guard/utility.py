@@ -47,6 +47,8 @@ def measure_utility_many(model, defenses: Mapping[str, Defense], tokens: torch.T
     kl = dict.fromkeys(defenses, 0.0)
     flagged: dict[str, int | None] = dict.fromkeys(defenses, 0)
     n = 0
+    for defense in defenses.values():
+        defense.draw(0)  # a randomized defense: one stream across the chunks, so its mean cost
     batches = tokens.split(batch_size)
     if progress:
         batches = tqdm(batches, desc="utility", leave=False)

@@ -15,6 +15,7 @@ from guard.clamp import ClampConfig
 from guard.closed_loop import ClosedLoopConfig
 from guard.direction import DirectionConfig
 from guard.ellipsoid import EllipsoidConfig
+from guard.error_dropout import ErrorDropoutConfig
 from guard.error_norm import ErrorNormConfig
 from guard.gated_clamp import GatedClampConfig
 from guard.monitor import ErrorMonitorConfig
@@ -38,6 +39,7 @@ def identity_configs() -> dict:
         "error_norm": ErrorNormConfig(features=empty, threshold_scale=1e6),
         "error_subspace": ErrorSubspaceConfig(features=empty, rank=D_MODEL, remove_behaviour=False),
         "error_ellipsoid": EllipsoidConfig(features=empty, scale=1e6, keep_complement=True),
+        "error_dropout": ErrorDropoutConfig(features=empty, keep=1.0),
         "closed_loop": ClosedLoopConfig(features=FEATURES, mode="multiply", value=1.0),
         "error_monitor": ErrorMonitorConfig(features=empty),
         "direction_ablation": DirectionConfig(strength=0.0),

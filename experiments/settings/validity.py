@@ -61,10 +61,15 @@ def score_samples(model, samples: Sequence[Sample], *, defense=None, batch_size:
 
 def validity(model, defense, samples: Sequence[Sample], batch_size: int = 16,
              score_fn: ScoreFn = behaviour_score, progress: bool = False) -> ValidityResult:
-    """Score every sample undefended and defended; valid = present, then absent."""
+    """Score every sample undefended and defended; valid = present, then absent (a randomized defense's
+    defended score: the median over its ``draws``, so valid means absent in most of them)."""
     clean = score_samples(model, samples, batch_size=batch_size, score_fn=score_fn, progress=progress)
-    defended = score_samples(model, samples, defense=defense, batch_size=batch_size, score_fn=score_fn,
-                             progress=progress)
+    drawn = []
+    for i in range(defense.draws):  # a randomized defense: the median of its judged draws (their majority)
+        defense.draw(i)
+        drawn.append(score_samples(model, samples, defense=defense, batch_size=batch_size, score_fn=score_fn,
+                                   progress=progress))
+    defended = torch.stack(drawn).median(0).values
     valid = present(clean) & ~present(defended)
     return ValidityResult(
         ids=tuple(s.id for s in samples), score_undefended=tuple(clean.tolist()),
