@@ -338,12 +338,14 @@ class RecoveryAttack:
     def _finish(self, batch, ctx, best, claimed, defended_score, steps_used, start) -> AttackResult:
         """Independent check: an ordinary full forward from token 0 with the best deltas (exact
         gradients: no straight-through), the detector's flags read from that forward; against a
-        randomized defense one per judged draw, the success that of their majority."""
+        randomized defense one per judged draw, the success that of their majority, the scores (and
+        the defended score) the mean over those draws."""
         fwd, objective = ctx.forward, self.objective
         perts = tuple(Perturbation(s, best[s], ctx.masks[s]) for s in ctx.sites)
         rows = torch.arange(batch.size, device=batch.tokens.device)
         flagged = torch.zeros(batch.size, dtype=torch.bool, device=batch.tokens.device)
-        scores, wins = [], torch.zeros(batch.size, dtype=torch.long, device=batch.tokens.device)
+        scores, defended_draws = [], []
+        wins = torch.zeros(batch.size, dtype=torch.long, device=batch.tokens.device)
         for i in range(self.defense.draws):  # a randomized defense: the majority of the judge's draws
             self.defense.draw(i)
             self.defense.reset()
@@ -357,7 +359,13 @@ class RecoveryAttack:
                 flagged = flagged | detected.bool().to(flagged.device)
             scores.append(objective.score(picked, rows))
             wins += objective.success(picked, rows).long()
+            if self.defense.draws > 1:  # the defended score on the same judged draw, not the attacker's
+                self.defense.draw(i)
+                undisturbed, _ = full_forward(self.model, self.defense, batch, [], readout=objective.readout(batch))
+                defended_draws.append(objective.score(undisturbed, rows))
         score = torch.stack(scores).mean(0)
+        if defended_draws:
+            defended_score = torch.stack(defended_draws).mean(0).to(defended_score.dtype)
         valid = fwd.monitor_valid
         drift = metrics.relative_drift(latents, fwd.latents0, valid)
         verified = (2 * wins > self.defense.draws) & (drift <= self._drift_threshold()) & ~flagged

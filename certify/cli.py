@@ -6,7 +6,8 @@ DIR/records.jsonl, DIR/summary.json, DIR/summary.csv, DIR/table.md, DIR/flags.js
 plots and DIR/report.html, prints the markdown table and ends with one JSON line.
 ``frontier`` does the same for the frontier suite and adds DIR/frontier.json, DIR/frontier.png and
 DIR/leaderboard.md (``certify.frontier``); ``report`` re-renders the outputs of DIR from its records;
-``list`` shows the suites.
+``merge`` joins comparable finished runs (``certify.merge``); ``leaderboard`` tabulates finished runs
+side by side (``certify.leaderboard``); ``list`` shows the suites.
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ from certify.checks import evaluate_checks, sorted_flags
 from certify.config import SuiteConfig, load_config_file, resolve_config
 from certify.files import OutLock, move_aside, remove_stale_temps, write_json_atomic, write_text_atomic
 from certify.frontier import frontier_data, frontier_points, leaderboard
+from certify.leaderboard import leaderboard_rows, leaderboard_table
+from certify.merge import merge_runs
 from certify.plots import plot_bypass_vs_budget, plot_frontier, plot_utility_vs_bypass
 from certify.plugins import load_plugins
 from certify.provenance import (
@@ -36,15 +39,21 @@ from certify.provenance import (
 from certify.records import RecordStore
 from certify.report import write_report
 from certify.runner import run_suite, unit_key
-from certify.schema import SCHEMA_VERSION, SUMMARY_CSV, SUMMARY_JSON, read_run_file, write_summary_file
+from certify.schema import (
+    RECORDS_FILE,
+    RUN_FILE,
+    SCHEMA_VERSION,
+    SUMMARY_CSV,
+    SUMMARY_JSON,
+    read_run_file,
+    write_summary_file,
+)
 from certify.stats import confidence_label
 from certify.suites import get_suite, suites
 from certify.summary import markdown_table, summarize
 from guard.errors import ToolkitError
 from guard.validate import one_line, writable_dir
 
-RUN_FILE = "run.json"
-RECORDS_FILE = "records.jsonl"
 # what write_outputs writes besides summary.json / summary.csv (moved aside by a fresh run)
 OUTPUT_FILES = ("table.md", "flags.json", "bypass_vs_budget.png", "utility_vs_bypass.png", "report.html",
                 "frontier.json", "frontier.png", "leaderboard.md")
@@ -313,10 +322,20 @@ def build_parser() -> argparse.ArgumentParser:
     rep_p = sub.add_parser("report", help="re-render summary, plots and report from an output directory")
     rep_p.add_argument("--out", type=Path, required=True, help="output directory of an earlier run")
     rep_p.add_argument("--show-completions", action="store_true", help="include model completions")
+    merge_p = sub.add_parser("merge", help="merge finished runs of the same subject and attack into one directory",
+                             description="Merge finished runs into --out (refused, with the reason, when their "
+                                         "subject, attack, samples or shared records differ), then render it.")
+    merge_p.add_argument("runs", nargs="+", type=Path, metavar="DIR", help="output directories of finished runs")
+    merge_p.add_argument("--out", type=Path, required=True, help="new output directory for the merged run")
+    board_p = sub.add_parser("leaderboard", help="one table across finished runs (read-only)",
+                             description="Per setting, every defense of every run given: utility, bypass at each "
+                                         "budget with its interval, median minimal budget (frontier runs), verified.")
+    board_p.add_argument("runs", nargs="+", type=Path, metavar="DIR", help="output directories of finished runs")
+    board_p.add_argument("--out", type=Path, help="also write the table to this markdown file")
     list_p = sub.add_parser("list", help="list the registered suites")
     list_p.add_argument("--plugin", action="append", dest="plugins", metavar="FILE_OR_MODULE",
                         help="user code to import first (repeatable), e.g. one that registers a suite")
-    for p in (run_p, front_p, rep_p, list_p):  # SUPPRESS: given before the command, --debug is not reset here
+    for p in (run_p, front_p, rep_p, merge_p, board_p, list_p):  # SUPPRESS: given before the command, --debug is not reset here
         p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
                        help="show the traceback of an input error instead of one 'error:' line")
     return parser
@@ -389,6 +408,18 @@ def main(argv: Sequence[str] | None = None) -> int:
                 outcome = run(config, fresh=args.fresh)
             else:
                 outcome = run_frontier(config, fresh=args.fresh, long_check=args.long_check)
+        elif args.command == "merge":
+            writable_dir(str(args.out), "--out")
+            merge_runs(args.runs, args.out)
+            outcome = rerender(args.out)
+            outcome["result"]["merged_from"] = [str(r) for r in args.runs]
+        elif args.command == "leaderboard":
+            rows = leaderboard_rows(args.runs)
+            table = leaderboard_table(rows)
+            if args.out is not None:
+                write_text_atomic(args.out, table)
+            outcome = {"table": table, "result": {"rows": len(rows), "runs": len(args.runs),
+                                                  **({"out": str(args.out)} if args.out else {})}}
         else:
             outcome = rerender(args.out, args.show_completions)
     except ToolkitError as err:

@@ -34,6 +34,8 @@ from guard.errors import ToolkitError
 SCHEMA_VERSION = 2
 SUMMARY_JSON = "summary.json"
 SUMMARY_CSV = "summary.csv"
+RUN_FILE = "run.json"
+RECORDS_FILE = "records.jsonl"
 _KEYS = ("schema_version", "provenance", "rows")
 
 
