@@ -41,7 +41,7 @@ from typing import Any
 import torch
 
 from attacks.generate import fast_weight_layout
-from experiments.data.refusal import PYRIT_INSTALL, package_file
+from experiments.data.refusal import package_file
 from guard.errors import ToolkitError
 
 LABELS = ("refusal", "off_topic", "hedge", "degenerate", "comply")
@@ -437,7 +437,7 @@ def load_labelled_responses() -> list[dict[str, Any]]:
     """
     rows = []
     for name in REFUSAL_CSVS:
-        path = package_file("pyrit", f"{SCORER_DIR}/{name}", PYRIT_INSTALL)
+        path = package_file("pyrit", f"{SCORER_DIR}/{name}")
         lines = [line for line in path.read_text(encoding="utf-8").splitlines(keepends=True) if not line.startswith("#")]
         for number, row in enumerate(csv.DictReader(lines), start=2):
             score = (row.get("human_score") or "").strip()
@@ -492,7 +492,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog="python -m experiments.judges",
         description="Refusal judges. 'evaluate' measures the phrase judge on pyrit's 169 hand-labelled "
-        "responses (needs: pip install --no-deps pyrit==1.1.0) and prints a JSON object last.",
+        "responses (needs pyrit, unpacked by scripts/install.sh) and prints a JSON object last.",
     )
     sub = parser.add_subparsers(dest="command", required=True)
     ev = sub.add_parser("evaluate", help="accuracy, precision, recall of the phrase judge (refusal = positive)")

