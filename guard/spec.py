@@ -31,7 +31,8 @@ class CalibrationData:
     ``saes``/``model``: the whole subject (a closed loop watches sites downstream).
     ``benign``: benign residuals {site: [n_tokens, d]} (sinks left out); ``behaviour`` and
     ``contrast``: last-token residuals {site: [n_prompts, d]} of the behaviour's prompts and of
-    contrast (harmless) prompts; ``behaviour_prompts`` / ``contrast_prompts``: those prompts' tokens; ``features``:
+    contrast (harmless) prompts; ``behaviour_prompts`` / ``contrast_prompts``: those prompts' tokens;
+    ``benign_tokens``: the benign text itself [batch, pos] (a fit that measures a utility cost); ``features``:
     the clamp the defenses compose with, ``clamp`` how it edits them (``mode``, ``value``; empty: the
     ``ClampConfig`` defaults, set to 0); ``options``: keyword arguments for a defense's fit, by
     defense name (e.g. ``{"error_ellipsoid": {"coverage": 0.9}}``).
@@ -48,6 +49,7 @@ class CalibrationData:
     options: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     clamp: Mapping[str, Any] = field(default_factory=dict)
     contrast_prompts: Sequence[torch.Tensor] = ()
+    benign_tokens: torch.Tensor | None = None
 
     @classmethod
     def collect(cls, model, saes: Mapping[str, Any], sites: Sequence[str], benign_tokens: torch.Tensor,
@@ -61,7 +63,7 @@ class CalibrationData:
                    behaviour=last_token_resid(model, behaviour_prompts, sites),
                    contrast=last_token_resid(model, contrast_prompts, sites),
                    behaviour_prompts=list(behaviour_prompts), features=features, options=dict(options or {}),
-                   clamp=dict(clamp or {}), contrast_prompts=list(contrast_prompts))
+                   clamp=dict(clamp or {}), contrast_prompts=list(contrast_prompts), benign_tokens=benign_tokens)
 
     def options_for(self, name: str) -> dict[str, Any]:
         return dict(self.options.get(name, {}))
