@@ -7,7 +7,7 @@ applied at several layers; refusal lives in several directions rather than one
 (arXiv 2502.17420), hence rank k. Arditi et al. keep only directions whose ablation barely
 changes harmless outputs (their KL filter); ``select_layers`` applies that kind of filter to
 the layers: ablating at every layer of our subject costs +6.8 nats of next-token loss (layer 6
-alone +4.1, layer 3 +1.3; layers 12-27 +0.005 to +0.04 each), so a pipeline
+alone +4.1, layer 3 +1.3; none of layers 12, 15, ..., 27 above +0.04), so a pipeline
 keeps the layers whose ablation, alone and together, stays within ``max_delta_ce`` nats on
 benign calibration text. Per site, the first direction is unit(mean(behaviour) -
 mean(contrast)); directions 2..k are the top right singular vectors of the behaviour rows minus
