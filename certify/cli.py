@@ -7,7 +7,8 @@ plots and DIR/report.html, prints the markdown table and ends with one JSON line
 ``frontier`` does the same for the frontier suite and adds DIR/frontier.json, DIR/frontier.png and
 DIR/leaderboard.md (``certify.frontier``); ``report`` re-renders the outputs of DIR from its records;
 ``merge`` joins comparable finished runs (``certify.merge``); ``leaderboard`` tabulates finished runs
-side by side (``certify.leaderboard``); ``list`` shows the suites.
+side by side (``certify.leaderboard``); ``compare`` sets two runs side by side with paired tests
+(``certify.compare``); ``list`` shows the suites.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from certify.checks import evaluate_checks, sorted_flags
+from certify.compare import compare_runs, compare_table
 from certify.config import SuiteConfig, load_config_file, resolve_config
 from certify.files import OutLock, move_aside, remove_stale_temps, write_json_atomic, write_text_atomic
 from certify.frontier import frontier_data, frontier_points, leaderboard
@@ -332,10 +334,15 @@ def build_parser() -> argparse.ArgumentParser:
                                          "budget with its interval, median minimal budget (frontier runs), verified.")
     board_p.add_argument("runs", nargs="+", type=Path, metavar="DIR", help="output directories of finished runs")
     board_p.add_argument("--out", type=Path, help="also write the table to this markdown file")
+    cmp_p = sub.add_parser("compare", help="two finished runs side by side, with paired tests (read-only)",
+                           description="Per shared setting, defense, threat and budget: each run's bypass with its "
+                                       "interval and McNemar's exact test over the samples valid in both.")
+    cmp_p.add_argument("runs", nargs=2, type=Path, metavar="DIR", help="output directories of two finished runs")
+    cmp_p.add_argument("--out", type=Path, help="also write the table to this markdown file")
     list_p = sub.add_parser("list", help="list the registered suites")
     list_p.add_argument("--plugin", action="append", dest="plugins", metavar="FILE_OR_MODULE",
                         help="user code to import first (repeatable), e.g. one that registers a suite")
-    for p in (run_p, front_p, rep_p, merge_p, board_p, list_p):  # SUPPRESS: given before the command, --debug is not reset here
+    for p in (run_p, front_p, rep_p, merge_p, board_p, cmp_p, list_p):  # SUPPRESS: given before the command, --debug is not reset here
         p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
                        help="show the traceback of an input error instead of one 'error:' line")
     return parser
@@ -413,12 +420,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             merge_runs(args.runs, args.out)
             outcome = rerender(args.out)
             outcome["result"]["merged_from"] = [str(r) for r in args.runs]
-        elif args.command == "leaderboard":
-            rows = leaderboard_rows(args.runs)
-            table = leaderboard_table(rows)
+        elif args.command in ("leaderboard", "compare"):
+            if args.command == "leaderboard":
+                rows = leaderboard_rows(args.runs)
+                table, extra = leaderboard_table(rows), {}
+            else:
+                compared = compare_runs(*args.runs)
+                rows, table = compared["rows"], compare_table(compared)
+                extra = {"differences": compared["differences"]}
             if args.out is not None:
                 write_text_atomic(args.out, table)
-            outcome = {"table": table, "result": {"rows": len(rows), "runs": len(args.runs),
+            outcome = {"table": table, "result": {"rows": len(rows), "runs": len(args.runs), **extra,
                                                   **({"out": str(args.out)} if args.out else {})}}
         else:
             outcome = rerender(args.out, args.show_completions)

@@ -27,12 +27,13 @@ from certify.schema import RECORDS_FILE, RUN_FILE, SCHEMA_VERSION, read_run_file
 from guard.errors import ToolkitError
 
 
-def _read(folder: Path) -> tuple[dict[str, Any], dict[str, list[dict[str, Any]]]]:
+def read_finished_run(folder: Path, command: str = "merge") -> tuple[dict[str, Any], dict[str, list[dict[str, Any]]]]:
+    """(run.json's contents, {unit: its records}) of a finished run; refuses an unfinished one."""
     meta = read_run_file(folder / RUN_FILE)
     if meta is None:
-        raise ToolkitError(f"certify merge: {folder / RUN_FILE} not found; give --out directories of finished runs")
+        raise ToolkitError(f"certify {command}: {folder / RUN_FILE} not found; give --out directories of finished runs")
     if meta.get("status") != "complete":
-        raise ToolkitError(f"certify merge: the run in {folder} is not finished (status {meta.get('status')!r}); "
+        raise ToolkitError(f"certify {command}: the run in {folder} is not finished (status {meta.get('status')!r}); "
                            "finish it first (the same 'certify run' command resumes it)")
     with RecordStore(folder / RECORDS_FILE, readonly=True) as store:
         records = store.records(units=meta["units"])
@@ -65,7 +66,7 @@ def merge_runs(folders: Sequence[str | Path], out: str | Path) -> dict[str, Any]
         raise ToolkitError("certify merge: give at least two run directories")
     if any((out / name).exists() for name in (RUN_FILE, RECORDS_FILE)):
         raise ToolkitError(f"certify merge: {out} already holds a run; choose an empty --out")
-    runs = [(f, *_read(f)) for f in folders]
+    runs = [(f, *read_finished_run(f)) for f in folders]
     first, base, _ = runs[0]
     fingerprint = dict(base.get("fingerprint") or {})
     units: dict[str, list[dict[str, Any]]] = {}

@@ -8,9 +8,11 @@ from pathlib import Path
 import pytest
 
 from certify.cli import main
+from certify.compare import compare_runs
 from certify.merge import merge_runs
 from certify.records import read_records, strip_timing
 from certify.schema import read_summary_file
+from certify.stats import mcnemar
 from guard.errors import ToolkitError
 
 BASE = ["--suite", "demo", "--n", "3", "--budgets", "0", "2", "--no-progress", "--option", "steps=10"]
@@ -116,3 +118,33 @@ def test_leaderboard_renders_every_run_and_defense(runs, tmp_path, capsys):
         if row["rate"] is not None:
             assert f"| clamp | {runs['clamp']} |" in table and f"{row['k_recovered']}/{row['n_valid']}" in table
     assert main(["leaderboard", str(tmp_path / "nothing")]) == 2
+
+
+def _recovered(out: Path) -> dict[tuple, dict[str, bool]]:
+    cells: dict[tuple, dict[str, bool]] = {}
+    for r in read_records(out / "records.jsonl"):
+        if r["valid"] and r["budget"] > 0:
+            cells.setdefault((r["setting"], r["defense"], r["budget"]), {})[r["sample_id"]] = r["recovered"]
+    return cells
+
+
+def test_compare_pairs_samples_and_tests_them(runs, tmp_path, capsys):
+    out = tmp_path / "compare.md"
+    assert main(["compare", str(runs["wide"]), str(runs["seed"]), "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    result = json.loads(printed.strip().splitlines()[-1])
+    compared = compare_runs(runs["wide"], runs["seed"])
+    assert result["rows"] == len(compared["rows"]) > 0 and out.read_text() in printed
+    a, b = _recovered(runs["wide"]), _recovered(runs["seed"])
+    for row in compared["rows"]:
+        key = (row["setting"], row["defense"], row["budget"])
+        shared = set(a[key]) & set(b[key])
+        assert row["a"]["k_recovered"] == sum(a[key].values()) and row["a"]["n_valid"] == len(a[key])
+        assert row["b"]["k_recovered"] == sum(b[key].values()) and row["n_paired"] == len(shared)
+        assert row["a_only"] == sum(a[key][s] and not b[key][s] for s in shared)
+        assert row["b_only"] == sum(b[key][s] and not a[key][s] for s in shared)
+        assert row["p_value"] == mcnemar(row["a_only"], row["b_only"]).p_value
+    same = compare_runs(runs["wide"], runs["wide"])
+    assert same["differences"] == [] and all(r["a_only"] == r["b_only"] == 0 and r["p_value"] == 1 for r in same["rows"])
+    with pytest.raises(ToolkitError, match="share no"):  # different defenses: nothing to pair
+        compare_runs(runs["clamp"], runs["wide"])
