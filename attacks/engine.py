@@ -189,6 +189,12 @@ class RunContext:
         return self.bound.sites
 
 
+def work_dtype(resid: torch.Tensor) -> torch.dtype:
+    """The attack's arithmetic (deltas, scores): at least float32 for a bfloat16 or float16 model, whose
+    rounding would otherwise swallow small steps; a float64 model keeps float64."""
+    return torch.promote_types(resid.dtype, torch.float32)
+
+
 class RecoveryAttack:
     """Template of every recovery attack: ``run(batch) -> AttackResult``.
 
@@ -224,8 +230,9 @@ class RecoveryAttack:
         if restart > 0:
             return random_feasible(ctx, rows, full=False)
         if init is None:
-            return {s: torch.zeros_like(ctx.forward.start_resid[rows]) for s in ctx.sites}
-        return {s: ctx.bound.project(s, init[s][rows].to(ctx.forward.start_resid.dtype), ctx.masks[s][rows],
+            return {s: torch.zeros_like(ctx.forward.start_resid[rows], dtype=work_dtype(ctx.forward.start_resid))
+                    for s in ctx.sites}
+        return {s: ctx.bound.project(s, init[s][rows].to(work_dtype(ctx.forward.start_resid)), ctx.masks[s][rows],
                                      ctx.radius[s][rows]) for s in ctx.sites}
 
     def init_state(self, ctx: RunContext, rows: torch.Tensor, deltas: dict[str, torch.Tensor]) -> RowState:
@@ -273,8 +280,8 @@ class RecoveryAttack:
         ctx = RunContext(fwd, self.bound, radius, masks, gen, set(),
                          torch.full((batch.size,), math.nan, device=batch.tokens.device))
         n = batch.size
-        best = {s: torch.zeros_like(fwd.start_resid) for s in self.bound.sites}
-        dtype = fwd.start_resid.dtype  # scores come in the model's dtype (float64 models included)
+        dtype = work_dtype(fwd.start_resid)
+        best = {s: torch.zeros_like(fwd.start_resid, dtype=dtype) for s in self.bound.sites}
         best_score = torch.full((n,), -math.inf, device=batch.tokens.device, dtype=dtype)
         defended_score = torch.full((n,), math.nan, device=batch.tokens.device, dtype=dtype)
         success = torch.zeros(n, dtype=torch.bool, device=batch.tokens.device)
@@ -303,7 +310,7 @@ class RecoveryAttack:
                     # a randomized defense: the mean score over its draws (expectation over transformation)
                     outs = [fwd.run(rows, deltas, monitor) for _ in range(draws)]
                     out = outs[0]
-                    score = torch.stack([objective.score(o.logits, rows) for o in outs]).mean(0)
+                    score = torch.stack([objective.score(o.logits, rows) for o in outs]).to(dtype).mean(0)
                     drift = metrics.relative_drift(out.latents, fwd.baseline_latents(rows, out),
                                                    fwd.monitor_mask(rows, out))
                 feasible = drift.detach() <= tau

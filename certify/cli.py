@@ -360,6 +360,7 @@ def _add_run_arguments(run_p: argparse.ArgumentParser) -> None:
     run_p.add_argument("--budgets", nargs="+", metavar="B", help="perturbation budgets (L2), e.g. 2 5 10 20 40")
     run_p.add_argument("--n", type=int, help="samples per setting")
     run_p.add_argument("--device", help="cpu or cuda (cuda:<index>)")
+    run_p.add_argument("--dtype", help="dtype of the model and SAEs: float32 (default), bfloat16 or float16")
     run_p.add_argument("--seed", type=int, help="base seed (default 0)")
     run_p.add_argument("--alpha", type=float, help="1 - confidence level of the intervals (default 0.05)")
     run_p.add_argument("--option", action="append", type=_option, metavar="KEY=VALUE",
@@ -378,7 +379,7 @@ def _add_run_arguments(run_p: argparse.ArgumentParser) -> None:
 def config_from_args(args: argparse.Namespace) -> SuiteConfig:
     file_data = load_config_file(args.config) if args.config else {}
     overrides = {k: getattr(args, k) for k in ("suite", "out", "subject", "settings", "defenses", "threats", "budgets",
-                                               "n", "device", "seed", "alpha", "show_completions", "progress",
+                                               "n", "device", "dtype", "seed", "alpha", "show_completions", "progress",
                                                "plugins")}
     if args.option:
         overrides["options"] = dict(args.option)

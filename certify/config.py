@@ -27,6 +27,8 @@ from typing import Any
 from guard import validate
 from guard.errors import ToolkitError, unknown_name
 
+DTYPES = ("float32", "bfloat16", "float16")
+
 
 @dataclass(frozen=True)
 class SuiteConfig:
@@ -35,7 +37,8 @@ class SuiteConfig:
     ``suite``: registered suite name (``certify.suites``). ``out``: output directory.
     ``subject``: which model + SAEs. ``settings`` / ``defenses`` / ``budgets`` / ``n``
     (samples per setting): None for the suite's defaults. ``device``: ``cpu`` or ``cuda``
-    (``cuda:<i>``). ``seed``: base seed; every work unit derives its own from it.
+    (``cuda:<i>``). ``dtype``: the model's and SAEs' dtype (``float32``, ``bfloat16``, ``float16``;
+    the attack's own arithmetic stays float32). ``seed``: base seed; every work unit derives its own from it.
     ``alpha``: 1 - confidence of the intervals. ``show_completions``: put completion texts
     in the report. ``options``: suite-specific options as sorted (key, value) pairs.
     ``plugins``: files or modules imported before planning (``certify.plugins``).
@@ -50,6 +53,7 @@ class SuiteConfig:
     budgets: tuple[float, ...] | None = None
     n: int | None = None
     device: str = "cpu"
+    dtype: str = "float32"
     seed: int = 0
     alpha: float = 0.05
     show_completions: bool = False
@@ -62,6 +66,8 @@ class SuiteConfig:
         where = "certify config"
         if not (self.device == "cpu" or self.device == "cuda" or self.device.startswith("cuda:")):
             raise ToolkitError(f"{where}: device must be 'cpu' or 'cuda' (or 'cuda:<index>'), got {self.device!r}")
+        if self.dtype not in DTYPES:
+            raise ToolkitError(f"{where}: dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
         if self.n is not None and self.n < 1:
             raise ToolkitError(f"{where}: n (samples per setting) must be >= 1, got {self.n}")
         if self.budgets is not None:

@@ -343,6 +343,9 @@ def build_demo(config: SuiteConfig) -> SuitePlan:
     if config.threats not in (None, ("residual",)):
         raise ToolkitError(f"demo suite: its planted recoveries and exact bounds are for the residual threat only; "
                            f"got threats {list(config.threats)}")
+    if config.dtype != "float32":
+        raise ToolkitError(f"demo suite: its planted worlds are built in float64 (exact bounds); --dtype "
+                           f"{config.dtype} applies to the model suites (standard, full, threats, frontier)")
     opts = check_options(config.option_dict, OPTION_DEFAULTS, "demo suite", positive=("steps",))
     if config.device.startswith("cuda") and not torch.cuda.is_available():
         raise ToolkitError(f"demo suite: device {config.device!r} requested but CUDA is not available")

@@ -537,7 +537,7 @@ def build_standard(config: SuiteConfig, *, expand: Expand | None = None, referen
         raise ToolkitError(f"standard suite: device {config.device!r} requested but CUDA is not available")
     check_config(config, option_defaults)
     default = config.subject == "default"
-    subject = _subject(config.device) if default else user_subject(config.subject)
+    subject = (_subject(config.device) if default else user_subject(config.subject)).to_dtype(config.dtype)
     model = subject.model
 
     def samples(setting: str, n_select: int, n: int) -> tuple[list[Sample], list[Sample]]:

@@ -7,9 +7,12 @@ plus SAELens SAEs, for users who have a model hub.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import torch
 
 from experiments.saes.shipped import load_shipped_saes
 from experiments.subject.smollm2 import load_model
@@ -62,6 +65,21 @@ class Subject:
     def sites(self) -> list[str]:
         """SAE sites ordered by layer."""
         return sorted(self.saes, key=lambda s: list(self.model.hook_dict).index(s))
+
+    def to_dtype(self, dtype: str) -> Subject:
+        """This subject with model and SAEs in ``dtype`` (``float32``, ``bfloat16``, ``float16``): itself when
+        it is already there, else a converted copy (a shared subject is never changed in place)."""
+        target = getattr(torch, dtype)
+        if all(p.dtype == target for p in self.model.parameters()) and all(
+                p.dtype == target for sae in self.saes.values() for p in sae.parameters()):
+            return self
+        model = copy.deepcopy(self.model).to(target)
+        model.cfg.dtype = target
+        saes = {}
+        for site, sae in self.saes.items():
+            saes[site] = copy.deepcopy(sae).to(target)
+            saes[site].cfg.dtype = dtype
+        return Subject(model=model, saes=saes)
 
     def sae(self, site: str):
         if site not in self.saes:

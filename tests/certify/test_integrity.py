@@ -60,6 +60,7 @@ FIELD_CHANGES = {
     "budgets": ["--budgets", "0", "1"],
     "n": ["--n", "5"],
     "device": ["--device", "cuda"],
+    "dtype": ["--dtype", "bfloat16"],
     "seed": ["--seed", "1"],
     "show_completions": ["--show-completions"],
     "plugins": ["--plugin", "certify.redact"],  # an importable module that registers nothing
