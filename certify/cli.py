@@ -42,6 +42,7 @@ from certify.records import RecordStore
 from certify.report import write_report
 from certify.runner import run_suite, unit_key
 from certify.schema import (
+    FRONTIER_FILE,
     RECORDS_FILE,
     RUN_FILE,
     SCHEMA_VERSION,
@@ -58,7 +59,7 @@ from guard.validate import one_line, writable_dir
 
 # what write_outputs writes besides summary.json / summary.csv (moved aside by a fresh run)
 OUTPUT_FILES = ("table.md", "flags.json", "bypass_vs_budget.png", "utility_vs_bypass.png", "report.html",
-                "frontier.json", "frontier.png", "leaderboard.md")
+                FRONTIER_FILE, "frontier.png", "leaderboard.md")
 FRONTIER_SUITE = "frontier"
 
 
@@ -235,13 +236,13 @@ def run_frontier(config: SuiteConfig, fresh: bool = False, long_check: bool = Fa
     with OutLock(out):
         points = frontier_points(records, outcome["rows"], outcome["flags"], reference=reference, alpha=alpha,
                                  long_bypass=long_bypass)
-        write_json_atomic(out / "frontier.json", frontier_data(points, meta.get("provenance") or {}, reference))
+        write_json_atomic(out / FRONTIER_FILE, frontier_data(points, meta.get("provenance") or {}, reference))
         budgets = [float(b) for b in meta["config"]["budgets"] or ()]
         plot_frontier(points, out / "frontier.png", max_budget=max(budgets) if budgets else None)
         board = leaderboard(points)
         write_text_atomic(out / "leaderboard.md", board + "\n")
     result = {**outcome["result"], "n_points": len(points), "non_dominated": sum(p.non_dominated for p in points),
-              "frontier": str(out / "frontier.json")}
+              "frontier": str(out / FRONTIER_FILE)}
     return {**outcome, "table": board, "result": result}
 
 
@@ -399,6 +400,14 @@ def config_from_args(args: argparse.Namespace) -> SuiteConfig:
     return resolve_config(file_data, overrides, where=f"config file {args.config}" if args.config else "config")
 
 
+def _table_outcome(args: argparse.Namespace, table: str, n_rows: int, **extra: Any) -> dict[str, Any]:
+    """A read-only command's table (also written to ``--out`` when given) and its JSON line."""
+    if args.out is not None:
+        write_text_atomic(args.out, table)
+    return {"table": table, "result": {"rows": n_rows, "runs": len(args.runs), **extra,
+                                       **({"out": str(args.out)} if args.out else {})}}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
@@ -421,18 +430,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             merge_runs(args.runs, args.out)
             outcome = rerender(args.out)
             outcome["result"]["merged_from"] = [str(r) for r in args.runs]
-        elif args.command in ("leaderboard", "compare"):
-            if args.command == "leaderboard":
-                rows = leaderboard_rows(args.runs)
-                table, extra = leaderboard_table(rows), {}
-            else:
-                compared = compare_runs(*args.runs)
-                rows, table = compared["rows"], compare_table(compared)
-                extra = {"differences": compared["differences"]}
-            if args.out is not None:
-                write_text_atomic(args.out, table)
-            outcome = {"table": table, "result": {"rows": len(rows), "runs": len(args.runs), **extra,
-                                                  **({"out": str(args.out)} if args.out else {})}}
+        elif args.command == "leaderboard":
+            rows = leaderboard_rows(args.runs)
+            outcome = _table_outcome(args, leaderboard_table(rows), len(rows))
+        elif args.command == "compare":
+            compared = compare_runs(*args.runs)
+            outcome = _table_outcome(args, compare_table(compared), len(compared["rows"]),
+                                     differences=compared["differences"])
         else:
             outcome = rerender(args.out, args.show_completions)
     except ToolkitError as err:

@@ -20,10 +20,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from certify.schema import SUMMARY_JSON, read_summary_file
+from certify.schema import FRONTIER_FILE, SUMMARY_JSON, read_summary_file
 from guard.errors import ToolkitError
-
-FRONTIER_FILE = "frontier.json"
 
 
 def _frontier_medians(folder: Path) -> dict[tuple[str, str], dict[str, Any]]:

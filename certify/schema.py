@@ -36,6 +36,7 @@ SUMMARY_JSON = "summary.json"
 SUMMARY_CSV = "summary.csv"
 RUN_FILE = "run.json"
 RECORDS_FILE = "records.jsonl"
+FRONTIER_FILE = "frontier.json"
 _KEYS = ("schema_version", "provenance", "rows")
 
 
