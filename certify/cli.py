@@ -24,6 +24,7 @@ from typing import Any
 from certify.checks import evaluate_checks, sorted_flags
 from certify.compare import compare_runs, compare_table
 from certify.config import SuiteConfig, load_config_file, resolve_config
+from certify.executors import RayExecutor, plan_digest, require_ray
 from certify.files import OutLock, move_aside, remove_stale_temps, write_json_atomic, write_text_atomic
 from certify.frontier import frontier_data, frontier_points, leaderboard
 from certify.leaderboard import leaderboard_rows, leaderboard_table
@@ -40,7 +41,7 @@ from certify.provenance import (
 )
 from certify.records import RecordStore
 from certify.report import write_report
-from certify.runner import run_suite, unit_key
+from certify.runner import run_suite, serial, unit_key
 from certify.schema import (
     FRONTIER_FILE,
     RECORDS_FILE,
@@ -131,6 +132,8 @@ def run(config: SuiteConfig, fresh: bool = False) -> dict[str, Any]:
     ``fresh``: move the earlier run's files into ``OUT/previous-<UTC time>/`` and start over.
     """
     plugins = load_plugins(config.plugins)  # before the suite: a plugin may register defenses or suites
+    if config.executor == "ray":
+        require_ray()
     suite = get_suite(config.suite)
     out = Path(config.out)
     records_path = out / RECORDS_FILE
@@ -185,8 +188,10 @@ def run(config: SuiteConfig, fresh: bool = False) -> dict[str, Any]:
                                    f"(e.g. {sorted(foreign)[0]}); use --fresh to start a new run there or choose "
                                    "another --out")
             write_json_atomic(out / RUN_FILE, meta)  # before the first unit: the records always have their run file
+            executor = serial if config.executor == "serial" else RayExecutor(
+                config, plan_digest(plan), workers=config.workers, address=config.ray_address)
             stats = run_suite(plan.units, plan.evaluate_unit, store, progress=config.progress, desc=config.suite,
-                              redact=not config.show_completions)
+                              redact=not config.show_completions, executor=executor)
             records = store.records(units=keys)
         finished = now_iso()
         provenance = build_provenance(record_config, fingerprint, started, finished, describe_device(config.device),
@@ -375,13 +380,20 @@ def _add_run_arguments(run_p: argparse.ArgumentParser) -> None:
                        help="no progress bars")
     run_p.add_argument("--fresh", action="store_true",
                        help="move an earlier run in --out aside into previous-<time>/ and start over")
+    run_p.add_argument("--no-cache", dest="cache", action="store_false", default=None,
+                       help="recompute the set-up (selected latents, calibrations, utility, validity) instead of "
+                            "reading it from the set-up cache")
+    run_p.add_argument("--executor", help="serial (default: one process) or ray (work units farmed to workers)")
+    run_p.add_argument("--workers", type=int, help="ray executor: worker processes (default 1)")
+    run_p.add_argument("--ray-address", help="ray executor: an existing cluster's address (default: start a local "
+                                             "one); its workers need this toolkit and the set-up cache's folder")
 
 
 def config_from_args(args: argparse.Namespace) -> SuiteConfig:
     file_data = load_config_file(args.config) if args.config else {}
     overrides = {k: getattr(args, k) for k in ("suite", "out", "subject", "settings", "defenses", "threats", "budgets",
                                                "n", "device", "dtype", "seed", "alpha", "show_completions", "progress",
-                                               "plugins")}
+                                               "plugins", "cache", "executor", "workers", "ray_address")}
     if args.option:
         overrides["options"] = dict(args.option)
     if args.command == "frontier":

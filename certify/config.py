@@ -28,6 +28,7 @@ from guard import validate
 from guard.errors import ToolkitError, unknown_name
 
 DTYPES = ("float32", "bfloat16", "float16")
+EXECUTORS = ("serial", "ray")
 
 
 @dataclass(frozen=True)
@@ -43,6 +44,10 @@ class SuiteConfig:
     in the report. ``options``: suite-specific options as sorted (key, value) pairs.
     ``plugins``: files or modules imported before planning (``certify.plugins``).
     ``threats``: rungs of the threat ladder to attack with (``attacks.ladder``; None: the suite's default).
+    ``cache``: read and keep set-up products (selected latents, calibrations, utility, validity) in the
+    content-addressed set-up cache (``certify.cache``; False: ``--no-cache``, recompute them).
+    ``executor``: ``serial`` (one process) or ``ray`` (``workers`` processes on a local Ray cluster, or
+    the one at ``ray_address``; ``certify.executors``). None of these four changes a record.
     """
 
     suite: str = "standard"
@@ -61,6 +66,10 @@ class SuiteConfig:
     options: tuple[tuple[str, Any], ...] = ()
     plugins: tuple[str, ...] = ()
     threats: tuple[str, ...] | None = None
+    cache: bool = True
+    executor: str = "serial"
+    workers: int = 1
+    ray_address: str = ""
 
     def __post_init__(self) -> None:
         where = "certify config"
@@ -68,6 +77,12 @@ class SuiteConfig:
             raise ToolkitError(f"{where}: device must be 'cpu' or 'cuda' (or 'cuda:<index>'), got {self.device!r}")
         if self.dtype not in DTYPES:
             raise ToolkitError(f"{where}: dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
+        if self.executor not in EXECUTORS:
+            raise ToolkitError(f"{where}: executor must be one of {', '.join(EXECUTORS)}, got {self.executor!r}")
+        if not isinstance(self.workers, int) or self.workers < 1:
+            raise ToolkitError(f"{where}: workers must be an integer >= 1, got {self.workers!r}")
+        if self.ray_address and self.executor != "ray":
+            raise ToolkitError(f"{where}: ray_address is for the ray executor; add --executor ray")
         if self.n is not None and self.n < 1:
             raise ToolkitError(f"{where}: n (samples per setting) must be >= 1, got {self.n}")
         if self.budgets is not None:
@@ -145,7 +160,7 @@ def _normalise(data: Mapping[str, Any], where: str) -> dict[str, Any]:
             out[key] = _names(value, key, where)
         elif key == "budgets":
             out[key] = _budgets(value, where)
-        elif key in ("n", "seed"):
+        elif key in ("n", "seed", "workers"):
             try:
                 integral = not isinstance(value, bool) and int(value) == float(value)
             except (TypeError, ValueError):
@@ -158,7 +173,7 @@ def _normalise(data: Mapping[str, Any], where: str) -> dict[str, Any]:
                 out[key] = float(value)
             except (TypeError, ValueError) as err:
                 raise ToolkitError(f"{where}: alpha must be a number, got {value!r}") from err
-        elif key in ("show_completions", "progress"):
+        elif key in ("show_completions", "progress", "cache"):
             if not isinstance(value, bool):
                 raise ToolkitError(f"{where}: {key} must be true or false, got {value!r}")
             out[key] = value

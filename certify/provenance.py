@@ -31,9 +31,10 @@ from guard.errors import ToolkitError
 
 PACKAGES = ("torch", "transformer-lens", "sae-lens", "numpy", "scipy")
 # SuiteConfig fields that never change a record: where outputs go, how they look, the
-# confidence level of the intervals (recomputed from the records on every report)
+# confidence level of the intervals (recomputed from the records on every report), whether set-up
+# products come from the cache, and which processes evaluate the units
 # show_completions shapes records: completions are redacted before they are stored
-NON_RECORD_FIELDS = frozenset({"out", "progress", "alpha"})
+NON_RECORD_FIELDS = frozenset({"out", "progress", "alpha", "cache", "executor", "workers", "ray_address"})
 # fields compared as sets: the order in which settings, defenses or budgets are listed
 # changes the order of the work, not its records
 SET_FIELDS = frozenset({"settings", "defenses", "budgets"})

@@ -183,11 +183,15 @@ class RecordStore:
         os.fsync(self._fd)
 
     def records(self, units: Iterable[str] | None = None) -> list[dict[str, Any]]:
-        """All complete records in write order, or only those of ``units``."""
+        """All complete records in write order, or those of ``units`` in the order of ``units`` (a unit's
+        own records in write order), so units written in any order read back as the plan lists them."""
         if units is None:
             return list(self._records)
-        wanted = set(units)
-        return [r for r in self._records if r[UNIT_FIELD] in wanted]
+        by_unit: dict[str, list[dict[str, Any]]] = {u: [] for u in units}
+        for r in self._records:
+            if r[UNIT_FIELD] in by_unit:
+                by_unit[r[UNIT_FIELD]].append(r)
+        return [r for rs in by_unit.values() for r in rs]
 
     def close(self) -> None:
         if self._fd >= 0:

@@ -11,7 +11,7 @@ import dataclasses
 import hashlib
 import json
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,6 +35,19 @@ def unit_seed(seed: int, unit: Any) -> int:
     """A per-unit seed that depends only on the run seed and the unit (not on run order)."""
     digest = hashlib.sha256(f"{int(seed)}|{unit_key(unit)}".encode()).digest()
     return int.from_bytes(digest[:4], "little") & 0x7FFFFFFF
+
+
+Todo = Sequence[tuple[str, Any]]  # the units still to do, with their keys
+Finished = Iterator[tuple[str, list[dict[str, Any]], float]]  # (key, records, seconds) as each unit finishes
+Executor = Callable[[Todo, Callable[[Any], list[dict[str, Any]]]], Finished]
+
+
+def serial(todo: Todo, evaluate_unit: Callable[[Any], list[dict[str, Any]]]) -> Finished:
+    """The default executor: every unit in this process, in plan order (``certify.executors`` has Ray)."""
+    for key, unit in todo:
+        start = time.perf_counter()
+        records = evaluate_unit(unit)
+        yield key, records, time.perf_counter() - start
 
 
 @dataclass(frozen=True)
@@ -65,11 +78,13 @@ def run_suite(
     desc: str = "units",
     *,
     redact: bool = True,
+    executor: Executor = serial,
 ) -> RunStats:
     """Evaluate every unit not yet in ``store`` and append its records, one unit at a time.
 
-    Each unit's records are fsynced before the next unit starts, so killing the process
-    loses at most the unit in flight. The unit's wall time is added to each of its
+    ``executor`` runs the units (``serial``: here, in order; ``certify.executors.RayExecutor``: on
+    workers, in any order); this process alone writes. Each unit's records are fsynced as soon as
+    it finishes, so killing the process loses at most the units in flight. The unit's wall time is added to each of its
     records under ``timing.unit_seconds``. With ``redact`` (the default) completion texts
     are replaced by their hash and length before they are stored (``certify.redact``):
     the records file then holds no model output in plain text.
@@ -91,12 +106,9 @@ def run_suite(
 
         bar = tqdm(total=len(keys), initial=len(keys) - len(todo), desc=desc, unit="unit")
     try:
-        for key, unit in todo:
-            t0 = time.perf_counter()
-            records = evaluate_unit(unit)
+        for key, records, seconds in executor(todo, evaluate_unit):
             if not isinstance(records, list):
                 raise ToolkitError(f"run_suite: evaluate_unit returned {type(records).__name__} for unit {key}")
-            seconds = time.perf_counter() - t0
             stamped = [{**r, TIMING_FIELD: {**r.get(TIMING_FIELD, {}), "unit_seconds": seconds}} for r in records]
             if redact:
                 stamped = [redact_record(r) for r in stamped]

@@ -46,11 +46,13 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+import os
 import sys
 import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -61,6 +63,7 @@ from attacks.ladder import THREATS, Rung, SuffixOptions, build_rung, rung_budget
 from attacks.runner import STAGE_NAMES, AttackedChunk, attack_samples, default_stages
 from attacks.threat import ThreatModel
 from attacks.tokens import replay_tokens, suffix_token_ids, with_replay
+from certify.cache import SetupCache, objects_source_sha256, source_sha256
 from certify.config import SuiteConfig, check_options
 from certify.outcomes import SampleRecord
 from certify.plugins import load_object
@@ -68,6 +71,7 @@ from certify.provenance import sha256_tensors
 from certify.runner import unit_seed
 from certify.selftest import verify_defenses
 from certify.suites import SuitePlan
+from experiments.data.packages import cache_dir
 from experiments.reproduce_core import SettingObjective
 from experiments.settings import SETTINGS, Sample, get_setting, validity
 from experiments.settings.clamp_search import ClampChoice
@@ -100,6 +104,43 @@ SETTING_DEFAULTS = {"ioi": {"site": "blocks.6.hook_resid_post", "n_latents": 32}
 PLACEHOLDERS = (" x", "x", "!")
 # the evaluated defenses from the built ones and the SAEs (the frontier's points); see build_plan
 Expand = Callable[[dict[str, Defense], Mapping[str, object]], dict[str, Defense]]  # the suffix's starting token: the first of these that is one token
+
+
+SETUP_CACHE_ENV = "LATENTGUARD_SETUP_CACHE"
+SETUP_VERSION = 1  # of the cached set-up products' layout (their content is keyed by the source itself)
+
+
+def setup_cache_dir() -> Path:
+    """Where set-up products are cached: ``$LATENTGUARD_SETUP_CACHE``, else ``setup/`` in the toolkit's
+    cache (``$LATENTGUARD_CACHE``)."""
+    return Path(os.environ.get(SETUP_CACHE_ENV) or cache_dir() / "setup")
+
+
+def toolkit_source() -> str:
+    """The hash of this toolkit's own source (its four packages): part of every cached product's key."""
+    import attacks
+    import certify
+    import experiments
+    import guard
+
+    return source_sha256(tuple(str(Path(m.__file__).parent) for m in (guard, attacks, certify, experiments)))
+
+
+def defense_source(name: str) -> str:
+    """The hash of the files defining a registered defense (a plugin's own file lies outside the packages)."""
+    spec = DEFENSES[name]
+    return objects_source_sha256([spec.config, spec.defense, *(f for f in (spec.default, spec.calibrate) if f)])
+
+
+def identity(model, saes: Mapping[str, object]) -> dict[str, Any]:
+    """The subject by value: its weights' and each SAE's hash."""
+    return {"weights": sha256_tensors(model.state_dict()),
+            "saes": {site: sha256_tensors(sae.state_dict()) for site, sae in sorted(saes.items())}}
+
+
+def samples_digest(samples: Sequence[Sample]) -> str:
+    """The hash of what a sample's score depends on: its id, tokens, target and foils."""
+    return SetupCache.digest([[s.id, list(s.tokens), s.target, list(s.foils)] for s in samples])
 
 
 @dataclass(frozen=True)
@@ -199,11 +240,17 @@ def build_world(model, saes: Mapping[str, object], setting_name: str, select: Se
                 eval_tokens: torch.Tensor, contrast: Sequence[torch.Tensor],
                 threats: Sequence[str] = ("residual",), suffix: SuffixOptions | None = None,
                 overrides: Mapping[str, Any] | None = None, batch_size: int = 16,
-                expand: Expand | None = None) -> SettingWorld:
+                expand: Expand | None = None, cache: SetupCache | None = None,
+                subject_key: Mapping[str, Any] | None = None) -> SettingWorld:
     """Select the clamp (the setting's config with ``overrides``), calibrate and build every named defense
     composed with it, measure utility, and validity per threat (on the input the threat starts from, so
     budget 0 is the validated input on every rung). ``expand`` maps the built defenses to the ones
-    evaluated (the frontier's points of each defense's sweep); default: those built."""
+    evaluated (the frontier's points of each defense's sweep); default: those built.
+
+    ``cache``: each product (the clamp, each calibration, each defense's utility, its validity per threat)
+    is read from there when its inputs are unchanged, else computed and stored; its key is ``subject_key``
+    (weight and SAE hashes; default: hashed here) with the toolkit's source and every input of the product.
+    """
     suffix = suffix or SuffixOptions()
     setting = get_setting(setting_name, **(overrides or {}))
     site = setting.config.site
@@ -211,11 +258,19 @@ def build_world(model, saes: Mapping[str, object], setting_name: str, select: Se
         raise ToolkitError(f"standard suite: no SAE at site {site!r}; the subject has SAEs at {sorted(saes)} "
                            "(choose one with --option site=...)")
     start = time.perf_counter()
+    cache = cache or SetupCache(None)
+    hits = cache.hits
 
     def log(what: str) -> None:
         print(f"[standard] {setting_name}: {what} ({time.perf_counter() - start:.0f} s)", file=sys.stderr, flush=True)
 
-    choice = setting.choose_clamp(model, saes, list(select), benign=calib_tokens, batch_size=batch_size)
+    base = {"setup": SETUP_VERSION, "code": toolkit_source(), "setting": setting_name,
+            "setting_code": objects_source_sha256([type(setting)]), "overrides": dict(overrides or {}),
+            "batch_size": batch_size, "device": str(model.cfg.device), "dtype": str(model.cfg.dtype),
+            **(subject_key or identity(model, saes)), "select": samples_digest(select),
+            "calib": sha256_tensors({"calib": calib_tokens})}
+    choice = ClampChoice.from_dict(cache.value({**base, "product": "clamp"}, lambda: setting.choose_clamp(
+        model, saes, list(select), benign=calib_tokens, batch_size=batch_size).to_dict()))
     features = {site: choice.selection.features}
     behaviour = [torch.tensor(s.tokens) for s in select]
     # the setting's own contrast where it has one (unlearning: retain facts), so a direction separates the
@@ -226,25 +281,65 @@ def build_world(model, saes: Mapping[str, object], setting_name: str, select: Se
     # the residual-aware defenses act at the clamp's site, so their benign statistics (an MVEE fit per
     # site is the slow one) and the direction are fitted there alone; a closed loop still sees every SAE
     clamp = choice.clamp_options()  # every defense edits the clamp's latents as the clamp does
+    data = functools.cache(lambda: CalibrationData.collect(model, saes, (site,), calib_tokens, behaviour, contrast,
+                                                           features, clamp=clamp))
+    fitted = {**base, "features": features, "clamp": clamp,
+              "contrast": sha256_tensors({str(i): t for i, t in enumerate(contrast)})}
+    saved = {} if cache.root is None else {
+        name: cache.folder({**fitted, "product": "calibration", "defense": name, "code": defense_source(name)},
+                           lambda folder, spec=DEFENSES[name]: spec.calibrate(data()).save(folder))
+        for name in defense_names if DEFENSES[name].calibrate is not None}
     with tempfile.TemporaryDirectory() as tmp:
-        defenses = build_defaults(defense_names, saes, features, (site,), tmp, lambda: CalibrationData.collect(
-            model, saes, (site,), calib_tokens, behaviour, contrast, features, clamp=clamp), clamp=clamp)
+        defenses = build_defaults(defense_names, saes, features, (site,), tmp, data, clamp=clamp, saved=saved)
     log(f"calibrated and built {', '.join(defenses)}")
     if expand is not None:
         defenses = expand(defenses, saes)
-    own = setting.utility_fields(model, defenses)
-    utility = {name: {"delta_ce": r.delta_ce, **({} if r.flag_rate is None else {"flag_rate": r.flag_rate}),
-                      **own[name]} for name, r in measure_utility_many(model, defenses, eval_tokens).items()}
+
+    def key(name: str, product: str, **inputs: Any) -> dict[str, Any]:  # one evaluated defense's product
+        return {**fitted, "product": product, "defense": name, "config": defenses[name].config.to_dict(),
+                "code": defense_source(family(name)), **inputs}
+
+    def measure(names: Sequence[str]) -> dict[str, dict[str, float]]:
+        chosen = {n: defenses[n] for n in names}
+        own = setting.utility_fields(model, chosen)
+        return {name: {"delta_ce": r.delta_ce, **({} if r.flag_rate is None else {"flag_rate": r.flag_rate}),
+                       **own[name]} for name, r in measure_utility_many(model, chosen, eval_tokens).items()}
+
+    held_out = sha256_tensors({"eval": eval_tokens})
+    utility = cached_many(cache, {n: key(n, "utility", eval=held_out) for n in defenses}, measure)
     log(f"utility of {len(defenses)} defenses on {tuple(eval_tokens.shape)} benign tokens")
     inputs = {t: threat_inputs(evaluate, t, suffix) for t in threats}
     valid, scores = {}, {}
     for threat, samples in inputs.items():
         for name, defense in defenses.items():
-            v = validity(model, defense, samples, batch_size=batch_size)
-            valid[(name, threat)], scores[(name, threat)] = v.valid, (v.score_undefended, v.score_defended)
+            def compute(d=defense, samples=samples) -> dict[str, Any]:
+                v = validity(model, d, samples, batch_size=batch_size)
+                return {"valid": v.valid, "undefended": v.score_undefended, "defended": v.score_defended}
+
+            v = cache.value(key(name, "validity", samples=samples_digest(samples)), compute)
+            valid[(name, threat)] = tuple(v["valid"])
+            scores[(name, threat)] = (tuple(v["undefended"]), tuple(v["defended"]))
     log("validity: " + ", ".join(f"{name} {sum(v)}/{len(v)}" + ("" if t == "residual" else f" ({t})")
                                  for (name, t), v in valid.items()))
+    if cache.root is not None:
+        log(f"set-up cache {cache.root}: {cache.hits - hits} products read back, the rest computed")
     return SettingWorld(setting_name, site, list(evaluate), defenses, utility, inputs, valid, scores, suffix, choice)
+
+
+def cached_many(cache: SetupCache, keys: Mapping[str, Any],
+                compute: Callable[[Sequence[str]], Mapping[str, Any]]) -> dict[str, Any]:
+    """Per name, the value cached under ``keys[name]``; the names not cached are computed in one call
+    of ``compute(names)`` (one batched pass) and stored."""
+    out: dict[str, Any] = {}
+    for name, k in keys.items():
+        hit, value = cache.lookup(k)
+        if hit:
+            out[name] = value
+    missing = [name for name in keys if name not in out]
+    if missing:
+        fresh = compute(missing)
+        out.update({name: cache.store(keys[name], fresh[name]) for name in missing})
+    return {name: out[name] for name in keys}
 
 
 @torch.no_grad()
@@ -431,14 +526,15 @@ def build_plan(config: SuiteConfig, model, saes: Mapping[str, object],
                benign: tuple[torch.Tensor, torch.Tensor] | None = None,
                contrast: Sequence[torch.Tensor] | None = None, subject_name: str = "user",
                expand: Expand | None = None, reference: str = REFERENCE,
-               option_defaults: Mapping[str, Any] = OPTION_DEFAULTS) -> SuitePlan:
+               option_defaults: Mapping[str, Any] = OPTION_DEFAULTS, cache: SetupCache | None = None) -> SuitePlan:
     """The plan on any model + SAEs; ``samples(setting, n_select, n)`` gives (selection, evaluation).
 
     ``benign``: (calibration, held-out) token chunks [batch, pos] (default: guard's built-in benign
     text); ``contrast``: contrast prompts for direction calibrations (default: guard's harmless requests).
     ``expand``: the evaluated defenses from those built (``build_world``), each named ``FAMILY`` or
     ``FAMILY@STRENGTH`` (the frontier's points); ``reference``: the one the others are paired with;
-    ``option_defaults``: the options the suite takes.
+    ``option_defaults``: the options the suite takes; ``cache``: where set-up products are kept
+    (``build_world``; None: computed every time).
     """
     requested = config.defenses is not None
     config, opts = check_config(config, option_defaults)
@@ -452,12 +548,14 @@ def build_plan(config: SuiteConfig, model, saes: Mapping[str, object],
     contrast = list(contrast) if contrast is not None else contrast_prompts(model)
     inputs_rungs = [t for t in config.threats if t != "residual"]
     suffix = suffix_options(opts, placeholder_token(model.tokenizer) if inputs_rungs else 0)
+    subject_key = identity(model, saes)
     worlds = {}
     for setting in config.settings:
         select, evaluate = samples(setting, int(opts["n_select"]), config.n)
         worlds[setting] = build_world(model, saes, setting, select, evaluate, config.defenses, calib_tokens=calib,
                                       eval_tokens=held_out, contrast=contrast, threats=config.threats,
-                                      suffix=suffix, overrides=overrides[setting], expand=expand)
+                                      suffix=suffix, overrides=overrides[setting], expand=expand, cache=cache,
+                                      subject_key=subject_key)
     budgets = sorted({0.0, *config.budgets})  # budget 0 is free and checks validity against recovery
     units = tuple(StandardUnit(d, s, rung_budgets(t, budgets, suffix), config.seed, config.n, int(opts["steps"]), t,
                                int(opts["rounds"]))
@@ -492,8 +590,7 @@ def build_plan(config: SuiteConfig, model, saes: Mapping[str, object],
                    f"(token {suffix.placeholder})" for t, detail in rungs.items())
     fingerprint = {
         "subject": subject_name,
-        "weights": sha256_tensors(model.state_dict()),
-        "saes": {site: sha256_tensors(sae.state_dict()) for site, sae in sorted(saes.items())},
+        **subject_key,
         "samples": {s: [x.id for x in worlds[s].evaluate] for s in config.settings},
         "selected": {s: list(worlds[s].features) for s in config.settings},
         "clamp": {s: worlds[s].choice.clamp_options() for s in config.settings},
@@ -549,4 +646,4 @@ def build_standard(config: SuiteConfig, *, expand: Expand | None = None, referen
 
     return build_plan(config, model, dict(subject.saes), samples,
                       subject_name=SUBJECT_NAME if default else config.subject, expand=expand, reference=reference,
-                      option_defaults=option_defaults)
+                      option_defaults=option_defaults, cache=SetupCache(setup_cache_dir() if config.cache else None))

@@ -60,19 +60,24 @@ def needs_calibration(names: Sequence[str]) -> bool:
 
 def build_defaults(names: Sequence[str], saes: Mapping[str, object], features: Features, sites: Sequence[str],
                    folder: str | Path, data: CalibrationData | Callable[[], CalibrationData] | None = None,
-                   clamp: Mapping[str, Any] | None = None) -> dict[str, Defense]:
+                   clamp: Mapping[str, Any] | None = None,
+                   saved: Mapping[str, str | Path] | None = None) -> dict[str, Defense]:
     """Each named defense at its spec's default config on ``features`` (``sites``: where one without
     features acts). A defense that calibrates is fitted on ``data`` (or on what the callable returns,
     called once and only if some defense needs it), its calibration saved to ``folder/<name>`` and read
-    back through the config, so what runs is exactly what was saved. ``clamp`` (``mode``, ``value``)
-    replaces how the clamp edits its latents in every config that has those fields."""
+    back through the config, so what runs is exactly what was saved; ``saved`` maps a defense to a
+    calibration folder saved earlier from the same data, read instead of fitting. ``clamp`` (``mode``,
+    ``value``) replaces how the clamp edits its latents in every config that has those fields."""
     specs = [DEFENSES[name] for name in names]
-    if callable(data) and needs_calibration(names):
+    saved = dict(saved or {})
+    if callable(data) and needs_calibration([n for n in names if n not in saved]):
         data = data()
     out = {}
     for spec in specs:
         calibration = ""
-        if spec.calibrate is not None:
+        if spec.calibrate is not None and spec.name in saved:
+            calibration = str(saved[spec.name])
+        elif spec.calibrate is not None:
             if not isinstance(data, CalibrationData):
                 raise ToolkitError(f"defense {spec.name!r} needs calibration data (guard.CalibrationData)")
             calibration = str(spec.calibrate(data).save(Path(folder) / spec.name))

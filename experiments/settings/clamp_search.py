@@ -76,6 +76,14 @@ class ClampChoice:
                 "points": [p.to_dict() for p in self.points], "max_delta_ce": self.max_delta_ce,
                 "max_retain_drop": self.max_retain_drop, "meets_budget": self.meets_budget}
 
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> ClampChoice:
+        """The choice ``to_dict`` wrote (a cached set-up reads it back)."""
+        sel = dict(data["selection"])
+        selection = SelectionResult(**{**sel, **{k: tuple(sel[k]) for k in ("features", "attribution", "density")}})
+        return cls(selection, ClampPoint(**data["chosen"]), tuple(ClampPoint(**p) for p in data["points"]),
+                   data["max_delta_ce"], data["meets_budget"], data["mode"], data["max_retain_drop"])
+
 
 def accuracy(model, samples: Sequence[Sample], *, defense=None, score_fn: ScoreFn = behaviour_score,
              batch_size: int = 16) -> float:
