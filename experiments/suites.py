@@ -69,7 +69,7 @@ from certify.outcomes import SampleRecord
 from certify.plugins import load_object
 from certify.provenance import sha256_tensors
 from certify.runner import unit_seed
-from certify.selftest import verify_defenses
+from certify.selftest import verify_defense
 from certify.suites import SuitePlan
 from experiments.data.packages import cache_dir
 from experiments.reproduce_core import SettingObjective
@@ -536,6 +536,8 @@ def build_plan(config: SuiteConfig, model, saes: Mapping[str, object],
     ``option_defaults``: the options the suite takes; ``cache``: where set-up products are kept
     (``build_world``; None: computed every time).
     """
+    start = time.perf_counter()
+    cache = cache or SetupCache(None)
     requested = config.defenses is not None
     config, opts = check_config(config, option_defaults)
     if benign is None and int(opts["seq_len"]) > model.cfg.n_ctx:
@@ -597,9 +599,17 @@ def build_plan(config: SuiteConfig, model, saes: Mapping[str, object],
         "stages": [{"stage": st.name, **st.config.to_dict()} for st in default_stages(int(opts["steps"]))],
         **({"rungs": rungs} if rungs else {}),
     }
-    status = {name: r.status for name, r in verify_defenses(config.defenses).items()}
+    # the attack unit tests' verdicts are set-up products too: they depend on the code alone
+    status = {name: cache.value({"setup": SETUP_VERSION, "product": "selftest", "code": toolkit_source(),
+                                 "defense": name, "defense_code": defense_source(name)},
+                                lambda name=name: verify_defense(name).status) for name in config.defenses}
     verified = {d: status[family(d)] for s in config.settings for d in worlds[s].defenses}
-    measured = {"clamp_selection": {s: worlds[s].choice.to_dict() for s in config.settings}}
+    setup = {"seconds": round(time.perf_counter() - start, 1), "cache": str(cache.root) if cache.root else None,
+             "read_back": cache.hits, "computed": cache.misses}
+    print(f"[{config.suite}] set-up in {setup['seconds']:.0f} s" + (f"; {cache.hits} products read back from the "
+          f"set-up cache and {cache.misses} computed" if cache.root else " (no set-up cache)"), file=sys.stderr,
+          flush=True)
+    measured = {"clamp_selection": {s: worlds[s].choice.to_dict() for s in config.settings}, "setup": setup}
     return SuitePlan(units, evaluate, utility, config, reference=reference, notes=notes, fingerprint=fingerprint,
                      required_checks=REQUIRED_CHECKS, verified=verified, provenance=measured)
 

@@ -16,7 +16,8 @@ from tests.helpers import tiny_model, tiny_sae, tiny_tokens
 from tests.settings_cases import random_samples
 
 DEFENSES = ("clamp", "error_norm", "error_monitor", "direction_ablation")  # three of them calibrate
-N_PRODUCTS = 1 + 3 + 2 * len(DEFENSES)  # the clamp, the calibrations, utility and validity per defense
+# the clamp, the calibrations, utility, validity and the attack unit tests' verdict per defense
+N_PRODUCTS = 1 + 3 + 3 * len(DEFENSES)
 
 
 @pytest.fixture(scope="module")
@@ -59,7 +60,10 @@ def test_a_second_set_up_reads_everything_back_and_runs_the_same(world, tmp_path
     assert (again_cache.hits, again_cache.misses) == (N_PRODUCTS, 0)
     for p in (first, again):
         assert p.utility == uncached.utility and p.fingerprint == uncached.fingerprint
-        assert p.provenance == uncached.provenance and p.units == uncached.units
+        assert p.units == uncached.units and p.verified == uncached.verified
+        assert {k: v for k, v in p.provenance.items() if k != "setup"} == {
+            k: v for k, v in uncached.provenance.items() if k != "setup"}
+    assert again.provenance["setup"]["read_back"] == N_PRODUCTS and again.provenance["setup"]["computed"] == 0
     assert records(again) == records(uncached)
 
 
@@ -67,6 +71,6 @@ def test_a_changed_input_recomputes_only_what_depends_on_it(world, tmp_path):
     plan(world, SetupCache(tmp_path))
     cache = SetupCache(tmp_path)
     changed = plan(world, cache, held_out_seed=3)  # other held-out benign text: utility alone depends on it
-    assert (cache.hits, cache.misses) == (N_PRODUCTS - len(DEFENSES), len(DEFENSES))
+    assert (cache.hits, cache.misses) == (N_PRODUCTS - len(DEFENSES), len(DEFENSES))  # the utilities
     assert changed.utility != plan(world, None).utility
     assert changed.utility == plan(world, None, held_out_seed=3).utility
