@@ -18,10 +18,22 @@ logit-difference gradient on the calibration prompts (a legitimate stand-in for 
 constraint violation, not for science); the output says which as ``sae_source``.
 
 Only valid samples count: the undefended model prefers IO (difference > 0) and the
-defended one does not. Last printed line:
-``{"speedup", "recovery_ours", "recovery_reference", "violation_ours", "violation_reference", "n", "sae_source"}``
-where speedup is wall time per recovered example, reference over ours, and violation is the
-largest ``||W_enc[:,S]^T delta|| / (||W_enc[:,S]||_2 ||delta||)`` over the n examples.
+defended one does not. Each engine runs twice on the same samples and steps, side by side in
+one process: with its early stop (an example stops once it succeeds with margin 0.01; the
+reference given that rule through ``stop_margin``) and without (every step for every example;
+the engine's best delta judged by its independent forward at margin 0). The engine runs as the
+suites run it (weights in kernel order, ``fast_weight_layout``); the reference as it is.
+
+Last printed line: ``{"speedup", "speedup_equal_stop", "speedup_equal_steps", "step_over_floor",
+"recovery_ours", "recovery_reference", "violation_ours", "violation_reference", "n", "sae_source",
+"load_average_1min"}``. ``speedup``: wall time per recovered example, the reference without its
+stop over ours with it (the two loops as each is written); ``speedup_equal_stop`` and
+``speedup_equal_steps``: CPU time per recovered example, reference over ours, both stopping early /
+both running every step. ``step_over_floor``: CPU time of one of our attack steps (an all-steps run
+less a 0-step run, over the steps) over the cost floor of a step: one defended forward from the
+perturbed layer over the positions that change (the last one, the prefix cached, logits at the
+read-out only) and its backward to delta, same rows (medians of interleaved repeats). Violation is
+the largest ``||W_enc[:,S]^T delta|| / (||W_enc[:,S]||_2 ||delta||)`` over the n examples.
 """
 
 from __future__ import annotations
@@ -34,6 +46,7 @@ import argparse  # noqa: E402
 import json  # noqa: E402
 import math  # noqa: E402
 import random  # noqa: E402
+import statistics  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
 
@@ -41,11 +54,11 @@ import torch  # noqa: E402
 
 from attacks.batch import AttackBatch  # noqa: E402
 from attacks.engine import AttackConfig, GradientRecovery  # noqa: E402
-from attacks.forward import full_forward  # noqa: E402
+from attacks.forward import DefendedForward, fast_weight_layout, frozen_weights, full_forward  # noqa: E402
 from attacks.objectives import LogitDifference  # noqa: E402
 from attacks.reference import reference_attack  # noqa: E402
 from attacks.threat import ThreatModel  # noqa: E402
-from experiments.subject import load_subject
+from experiments.subject import load_subject  # noqa: E402
 from guard.base import NoDefense  # noqa: E402
 from guard.clamp import ClampConfig, FeatureClamp  # noqa: E402
 
@@ -186,46 +199,111 @@ def main(argv=None) -> dict:
           f"defended {defended[valid].mean():.2f}", file=sys.stderr)
 
     threat = ThreatModel.make(SITE, positions="last", budget=args.budget, relative=False, constraint="encoder")
-    cpu0 = time.process_time()
-    ours = GradientRecovery(model, defense, threat, objective,
-                            AttackConfig(steps=steps, step_size=args.step_size)).run(batch, progress=True)
-    cpu_ours = time.process_time() - cpu0
-    print(f"ours: {ours.recovered}/{ours.n} in {ours.wall_seconds:.1f} s", file=sys.stderr)
-    cpu0 = time.process_time()
     lr = args.step_size * args.budget / math.sqrt(model.cfg.d_model)
-    ref = reference_attack(model, defense, SITE, sae.W_enc[:, features], objective, batch, args.budget, steps, lr,
-                           progress=True)
-    cpu_ref = time.process_time() - cpu0
-    rec_ref = int(ref.success.sum())
-    print(f"reference: {rec_ref}/{batch.size} in {ref.wall_seconds:.1f} s", file=sys.stderr)
+    cols = sae.W_enc[:, features]
 
-    per_ours = ours.wall_seconds / max(ours.recovered, 1)
-    per_ref = ref.wall_seconds / max(rec_ref, 1)
+    def ours(stop: bool, n_steps: int = steps):
+        config = AttackConfig(steps=n_steps, step_size=args.step_size, stop_margin=1e-2 if stop else math.inf)
+        with fast_weight_layout(model):  # as the suites run it
+            return timed(lambda: GradientRecovery(model, defense, threat, objective, config).run(batch))
+
+    def reference(stop: bool):
+        return timed(lambda: reference_attack(model, defense, SITE, cols, objective, batch, args.budget, steps, lr,
+                                              stop_margin=1e-2 if stop else None))
+
+    # side by side, same samples and steps: each engine with and without the early stop (margin 0.01)
+    runs = {"ours": ours(True), "ours_all_steps": ours(False), "reference": reference(False),
+            "reference_early_stop": reference(True)}
+    recovered = {name: int(r.success.sum()) for name, (r, _, _) in runs.items()}
+    # never stopping, the engine claims nothing itself (a claim is its stop); its best delta is judged by
+    # the same independent forward, at margin 0
+    recovered["ours_all_steps"] = int((runs["ours_all_steps"][0].score > 0).sum())
+    for name, (_, wall, cpu) in runs.items():
+        print(f"{name}: {recovered[name]}/{batch.size} recovered, {wall:.1f} s wall, {cpu:.1f} s CPU", file=sys.stderr)
+
+    def per_recovered(name: str, clock: int) -> float:
+        return runs[name][clock] / max(recovered[name], 1)
+
+    def speedup(theirs: str, mine: str, clock: int = 2) -> float | None:
+        if not (recovered[theirs] and recovered[mine]):
+            return None
+        return round(per_recovered(theirs, clock) / per_recovered(mine, clock), 2)
+
+    # the cost floor of a step: one forward + backward from the perturbed layer over the positions that
+    # change (the last one), on the same rows; a step's own time is an all-steps run less its set-up (a
+    # 0-step run). Interleaved and the medians taken, so a load that changes during the bench hits both.
+    step_times, setup_times, floors = [runs["ours_all_steps"][2]], [], []
+    for i in range(3):
+        setup_times.append(ours(False, 0)[2])
+        floors.append(step_floor(model, defense, threat, objective, batch))
+        if i < 2:
+            step_times.append(ours(False)[2])
+    setup_cpu, floor = statistics.median(setup_times), statistics.median(floors)
+    step = (statistics.median(step_times) - setup_cpu) / steps
+    ours_result = runs["ours"][0]
+    ref = runs["reference"][0]
     details = {
-        "wall_ours": round(ours.wall_seconds, 2), "wall_reference": round(ref.wall_seconds, 2),
+        **{f"wall_{k}": round(w, 2) for k, (_, w, _) in runs.items()},
         # CPU seconds of this process: robust to a machine shared with other jobs
-        "cpu_ours": round(cpu_ours, 2), "cpu_reference": round(cpu_ref, 2),
-        "speedup_cpu": round((cpu_ref / max(rec_ref, 1)) / (cpu_ours / max(ours.recovered, 1)), 2)
-        if ours.recovered and rec_ref else None,
+        **{f"cpu_{k}": round(c, 2) for k, (_, _, c) in runs.items()},
+        **{f"recovered_{k}": v for k, v in recovered.items()},
+        "speedup_cpu": speedup("reference", "ours"),
+        "step_seconds": round(step, 5), "floor_seconds": round(floor, 5), "setup_seconds": round(setup_cpu, 3),
+        "load_average": [round(x, 2) for x in os.getloadavg()], "cpus": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
         "steps": steps, "budget_l2": args.budget, "site": SITE, "n_latents": int(features.numel()),
-        "mean_steps_ours": float(ours.steps.float().mean()), "max_relative_norm_ours": float(ours.relative_norm.max()),
-        "score_ours": [round(x, 3) for x in ours.score.tolist()],
+        "mean_steps_ours": float(ours_result.steps.float().mean()),
+        "mean_steps_reference_early_stop": float(runs["reference_early_stop"][0].steps.float().mean()),
+        "max_relative_norm_ours": float(ours_result.relative_norm.max()),
+        "score_ours": [round(x, 3) for x in ours_result.score.tolist()],
         "score_reference": [round(x, 3) for x in ref.score.tolist()],
         "clean_diff": [round(x, 3) for x in clean[valid].tolist()],
-        "flags": list(ours.flags),
+        "flags": list(ours_result.flags),
     }
     print(json.dumps(details))
     summary = {
-        "speedup": round(per_ref / per_ours, 2) if ours.recovered and rec_ref else None,
-        "recovery_ours": ours.recovered / ours.n,
-        "recovery_reference": rec_ref / batch.size,
-        "violation_ours": float(ours.orthogonality.max()),
+        # wall time per recovered example, reference (all steps) over ours (early stop), as before
+        "speedup": round(per_recovered("reference", 1) / per_recovered("ours", 1), 2)
+        if recovered["ours"] and recovered["reference"] else None,
+        # CPU time per recovered example at an equal rule: both stop early / both run every step
+        "speedup_equal_stop": speedup("reference_early_stop", "ours"),
+        "speedup_equal_steps": speedup("reference", "ours_all_steps"),
+        "step_over_floor": round(step / floor, 2),
+        "recovery_ours": recovered["ours"] / ours_result.n,
+        "recovery_reference": recovered["reference"] / batch.size,
+        "violation_ours": float(ours_result.orthogonality.max()),
         "violation_reference": float(ref.orthogonality.max()),
-        "n": ours.n,
+        "n": ours_result.n,
         "sae_source": sae_source,
+        "load_average_1min": round(os.getloadavg()[0], 2),
     }
     print(json.dumps(summary))
     return summary
+
+
+def timed(run):
+    """(result, wall seconds, CPU seconds of this process) of ``run()``."""
+    wall, cpu = time.perf_counter(), time.process_time()
+    result = run()
+    return result, time.perf_counter() - wall, time.process_time() - cpu
+
+
+def step_floor(model, defense, threat: ThreatModel, objective: LogitDifference, batch: AttackBatch,
+               reps: int = 10) -> float:
+    """Median CPU seconds of one defended forward from the perturbed layer over the positions that change
+    (cached prefix, logits at the read-out only) and its backward to delta, every row of ``batch``."""
+    bound = threat.bind(defense, model)
+    rows = torch.arange(batch.size)
+    times = []
+    with fast_weight_layout(model), frozen_weights(model, *[d.sae for d in defense.defended_latents()]):
+        fwd = DefendedForward(model, bound, batch, objective.readout(batch), True)
+        for _ in range(reps + 1):
+            deltas = {s: torch.zeros_like(fwd.resid_def[s]).requires_grad_() for s in bound.sites}
+            start = time.process_time()
+            out = fwd.run(rows, deltas, monitor=False)
+            objective.loss(objective.score(out.logits, rows), rows).sum().backward()
+            times.append(time.process_time() - start)
+    return sorted(times[1:])[reps // 2]  # the first is a warm-up
 
 
 if __name__ == "__main__":
