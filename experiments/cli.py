@@ -18,6 +18,7 @@ COMMANDS = {
     "bench": ("experiments.bench.recovery", "recovery engine vs reference-style loop, side by side"),
     "bench-suffix": ("experiments.bench.suffix", "embedding-threat attack with vs without the cached prompt prefix"),
     "bench-gcg": ("experiments.bench.gcg", "our token attack vs nanoGCG on the undefended subject"),
+    "bench-scaling": ("experiments.bench.scaling", "attack cost against prompt length, clamped latents and sites"),
     "certify": ("certify", "adaptive evaluation of defenses with reports"),
     "reproduce": ("experiments.reproduce", "reproduce the paper's settings on the subject"),
     "judges": ("experiments.judges", "evaluate the refusal judges on labelled data"),

@@ -286,7 +286,8 @@ def build_world(model, saes: Mapping[str, object], setting_name: str, select: Se
     fitted = {**base, "features": features, "clamp": clamp,
               "contrast": sha256_tensors({str(i): t for i, t in enumerate(contrast)})}
     saved = {} if cache.root is None else {
-        name: cache.folder({**fitted, "product": "calibration", "defense": name, "code": defense_source(name)},
+        name: cache.folder({**fitted, "product": "calibration", "defense": name,
+                            "defense_code": defense_source(name)},
                            lambda folder, spec=DEFENSES[name]: spec.calibrate(data()).save(folder))
         for name in defense_names if DEFENSES[name].calibrate is not None}
     with tempfile.TemporaryDirectory() as tmp:
@@ -297,7 +298,7 @@ def build_world(model, saes: Mapping[str, object], setting_name: str, select: Se
 
     def key(name: str, product: str, **inputs: Any) -> dict[str, Any]:  # one evaluated defense's product
         return {**fitted, "product": product, "defense": name, "config": defenses[name].config.to_dict(),
-                "code": defense_source(family(name)), **inputs}
+                "defense_code": defense_source(family(name)), **inputs}
 
     def measure(names: Sequence[str]) -> dict[str, dict[str, float]]:
         chosen = {n: defenses[n] for n in names}

@@ -97,15 +97,16 @@ def logit_diff(model, defense, batch: AttackBatch, obj: LogitDifference) -> torc
     return obj.score(picked, torch.arange(batch.size))
 
 
-def site_gradients(model, batch: AttackBatch, obj: LogitDifference) -> tuple[torch.Tensor, torch.Tensor]:
-    """Residual at SITE [batch, pos, d_model] and the logit-difference gradient there."""
+def site_gradients(model, batch: AttackBatch, obj: LogitDifference,
+                   site: str = SITE) -> tuple[torch.Tensor, torch.Tensor]:
+    """Residual at ``site`` [batch, pos, d_model] and the logit-difference gradient there."""
     store = {}
 
     def keep(resid, hook):
         store["r"] = resid.detach().requires_grad_()  # a leaf: the model's weights are frozen
         return store["r"]
 
-    with model.hooks(fwd_hooks=[(SITE, keep)]):
+    with model.hooks(fwd_hooks=[(site, keep)]):
         picked, _ = full_forward(model, NoDefense(), batch, [], readout=obj.readout(batch))
     obj.score(picked, torch.arange(batch.size)).sum().backward()
     valid = batch.valid()[..., None].float()
@@ -132,14 +133,15 @@ def stand_in_sae(model, calib: AttackBatch, calib_obj: LogitDifference, seed: in
     return sae, features
 
 
-def attribution_features(model, sae, calib: AttackBatch, calib_obj: LogitDifference) -> torch.Tensor:
-    """The 64 latents whose removal most lowers the logit difference, to first order
+def attribution_features(model, sae, calib: AttackBatch, calib_obj: LogitDifference, k: int = N_LATENTS,
+                         site: str = SITE) -> torch.Tensor:
+    """The ``k`` latents at ``site`` whose removal most lowers the logit difference, to first order
     (activation x decoder . gradient, summed over calibration prompts and positions >= 1)."""
-    resid, grads = site_gradients(model, calib, calib_obj)
+    resid, grads = site_gradients(model, calib, calib_obj, site)
     with torch.no_grad():
         z = sae.encode(resid)[:, 1:]
         effect = torch.einsum("bpf,bpd,fd->f", z, grads[:, 1:], sae.W_dec)
-    return effect.topk(N_LATENTS).indices
+    return effect.topk(k).indices
 
 
 def parse_args(argv=None) -> argparse.Namespace:

@@ -7,6 +7,7 @@ import json
 
 import pytest
 
+import experiments.suites
 from certify.cache import SetupCache
 from certify.config import SuiteConfig
 from experiments.settings import IOISetting
@@ -74,3 +75,11 @@ def test_a_changed_input_recomputes_only_what_depends_on_it(world, tmp_path):
     assert (cache.hits, cache.misses) == (N_PRODUCTS - len(DEFENSES), len(DEFENSES))  # the utilities
     assert changed.utility != plan(world, None).utility
     assert changed.utility == plan(world, None, held_out_seed=3).utility
+
+
+def test_a_change_of_the_toolkits_source_recomputes_everything(world, tmp_path, monkeypatch):
+    plan(world, SetupCache(tmp_path))
+    monkeypatch.setattr(experiments.suites, "toolkit_source", lambda: "edited source")
+    cache = SetupCache(tmp_path)
+    plan(world, cache)
+    assert (cache.hits, cache.misses) == (0, N_PRODUCTS)
