@@ -1,9 +1,9 @@
 """Who evaluates a run's work units: this process (``serial``) or Ray workers (``RayExecutor``).
 
 An executor takes the units still to do, as (key, unit) pairs, and yields ``(key, records,
-seconds)`` as each unit finishes, in any order (``certify.runner.serial`` is the default). ``certify.runner.run_suite`` stays the single
-writer: it stamps, redacts and appends each unit's records, so resume and the output lock are the
-same whichever executor ran the units.
+seconds)`` as each unit finishes, in any order (``certify.runner.serial`` is the default).
+``certify.runner.run_suite`` stays the single writer: it stamps, redacts and appends each unit's
+records, so resume and the output lock are the same whichever executor ran the units.
 
 The Ray executor sends each worker the run's config, not the plan: a worker builds the plan once
 per process (with the set-up cache the driver has just filled, that is a read of the cached set-up,
@@ -94,6 +94,9 @@ class RayExecutor:
     def __call__(self, todo: Todo, evaluate_unit: Callable[[Any], list[dict[str, Any]]]) -> Finished:
         del evaluate_unit  # the workers evaluate with their own plan of the same config
         import ray
+
+        if not self.config.cache:
+            print("ray executor: --no-cache, so every worker computes the whole set-up again", file=sys.stderr)
 
         started = not ray.is_initialized()
         if started:

@@ -84,8 +84,8 @@ def run_suite(
 
     ``executor`` runs the units (``serial``: here, in order; ``certify.executors.RayExecutor``: on
     workers, in any order); this process alone writes. Each unit's records are fsynced as soon as
-    it finishes, so killing the process loses at most the units in flight. The unit's wall time is added to each of its
-    records under ``timing.unit_seconds``. With ``redact`` (the default) completion texts
+    it finishes, so killing the process loses at most the units in flight. The unit's wall time is
+    added to each of its records under ``timing.unit_seconds``. With ``redact`` (the default) completion texts
     are replaced by their hash and length before they are stored (``certify.redact``):
     the records file then holds no model output in plain text.
     """
