@@ -259,7 +259,7 @@ def build_world(model, saes: Mapping[str, object], setting_name: str, select: Se
                            "(choose one with --option site=...)")
     start = time.perf_counter()
     cache = cache or SetupCache(None)
-    hits = cache.hits
+    hits, misses = cache.hits, cache.misses
 
     def log(what: str) -> None:
         print(f"[standard] {setting_name}: {what} ({time.perf_counter() - start:.0f} s)", file=sys.stderr, flush=True)
@@ -323,7 +323,7 @@ def build_world(model, saes: Mapping[str, object], setting_name: str, select: Se
     log("validity: " + ", ".join(f"{name} {sum(v)}/{len(v)}" + ("" if t == "residual" else f" ({t})")
                                  for (name, t), v in valid.items()))
     if cache.root is not None:
-        log(f"set-up cache {cache.root}: {cache.hits - hits} products read back, the rest computed")
+        log(f"set-up cache {cache.root}: {cache.hits - hits} products read back, {cache.misses - misses} computed")
     return SettingWorld(setting_name, site, list(evaluate), defenses, utility, inputs, valid, scores, suffix, choice)
 
 
