@@ -118,12 +118,8 @@ def setup_cache_dir() -> Path:
 
 def toolkit_source() -> str:
     """The hash of this toolkit's own source (its four packages): part of every cached product's key."""
-    import attacks
-    import certify
-    import experiments
-    import guard
-
-    return source_sha256(tuple(str(Path(m.__file__).parent) for m in (guard, attacks, certify, experiments)))
+    root = Path(__file__).resolve().parents[1]
+    return source_sha256(tuple(str(root / name) for name in ("guard", "attacks", "certify", "experiments")))
 
 
 def defense_source(name: str) -> str:
