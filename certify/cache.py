@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from certify.files import write_json_atomic
-from certify.provenance import canonical_json, json_data, package_versions
+from certify.provenance import canonical_json, config_sha256, json_data, package_versions
 
 # the files of a package whose content can change a product (weights are hashed by value, not here)
 SOURCE_SUFFIXES = (".py", ".txt", ".json", ".toml", ".yaml")
@@ -44,7 +44,7 @@ class SetupCache:
 
     @staticmethod
     def digest(key: Any) -> str:
-        return hashlib.sha256(canonical_json(key).encode()).hexdigest()
+        return config_sha256(key)
 
     def _path(self, key: Any) -> Path:
         assert self.root is not None
@@ -99,8 +99,8 @@ class SetupCache:
         return path
 
 
-def _package_files(roots: Iterable[Path]) -> list[Path]:
-    return sorted(p for root in roots for p in root.rglob("*") if p.is_file() and p.suffix in SOURCE_SUFFIXES
+def _package_files(root: Path) -> list[Path]:
+    return sorted(p for p in root.rglob("*") if p.is_file() and p.suffix in SOURCE_SUFFIXES
                   and "__pycache__" not in p.parts)
 
 
@@ -110,7 +110,7 @@ def source_sha256(roots: tuple[str, ...]) -> str:
     numeric packages: the code a cached product was computed with."""
     digest = hashlib.sha256(canonical_json(package_versions()).encode())
     for root in map(Path, roots):
-        for path in _package_files([root]):
+        for path in _package_files(root):
             digest.update(f"{root.name}/{path.relative_to(root)}".encode() + b"\0" + path.read_bytes() + b"\0")
     return digest.hexdigest()
 
